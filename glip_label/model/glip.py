@@ -1,0 +1,62 @@
+"""GLIP assembled from its parts, under the official module tree so state dicts load 1:1.
+
+`forward` returns raw head outputs; pre- and post-processing live in `preprocess.py` and
+`postprocess.py`, and `glip_label.predictor` ties everything together for users.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from glip_label.config import GLIPConfig
+from glip_label.model.fpn import FPN
+from glip_label.model.head import HeadOutputs, VLDyHeadModule
+from glip_label.model.language import LanguageBackbone, TextFeatures, bert_config
+from glip_label.model.swin import SwinTransformer
+
+
+class VisionBackbone(nn.Module):
+    def __init__(self, config: GLIPConfig) -> None:
+        super().__init__()
+        self.body = SwinTransformer(
+            embed_dim=config.swin_embed_dim,
+            depths=config.swin_depths,
+            num_heads=config.swin_num_heads,
+            window_size=config.swin_window_size,
+            mlp_ratio=config.swin_mlp_ratio,
+            drop_path_rate=config.swin_drop_path_rate,
+            patch_size=config.swin_patch_size,
+            frozen_stages=config.freeze_backbone_at,
+        )
+        self.fpn = FPN(tuple(config.swin_stage_channels[1:]), config.channels)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return self.fpn(self.body(images))
+
+
+class GLIP(nn.Module):
+    def __init__(self, config: GLIPConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.backbone = VisionBackbone(config)
+        self.language_backbone = LanguageBackbone(
+            bert_config(
+                config.text_vocab_size,
+                config.text_hidden_size,
+                config.text_num_layers,
+                config.text_num_heads,
+                config.text_intermediate_size,
+                config.text_max_positions,
+            )
+        )
+        self.rpn = VLDyHeadModule(config)
+
+    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        """input_ids, attention_mask: [B, T]. Encode once per prompt and reuse it for every image."""
+        return self.language_backbone(input_ids, attention_mask)
+
+    def forward(self, images: torch.Tensor, text: TextFeatures) -> HeadOutputs:
+        """images: [B, 3, H, W] normalised and padded to the size divisibility; text: batch 1 or B."""
+        visual = self.backbone(images)  # [P3..P7], each [B, C, H_l, W_l]
+        return self.rpn.head(visual, text.expand(images.shape[0]))
