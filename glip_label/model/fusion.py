@@ -43,27 +43,70 @@ class BiMultiHeadAttention(nn.Module):
     def forward(
         self, visual: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        b, n, _ = visual.shape  # visual [B, N, Cv], text [B, T, Cl]
-        t = text.shape[1]
+        if self.num_heads * text.shape[1] < self.v_proj.out_features:
+            return self._forward_folded(visual, text, text_mask)
+        return self._forward_projected(visual, text, text_mask)
+
+    def _softmaxes(
+        self, logits: torch.Tensor, text_mask: torch.Tensor | None, batch: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """logits [B*h, N, T] -> (image-side probs over T [B*h, N, T], text-side probs over N [B*h, T, N])."""
+        n, t = logits.shape[1:]
+        logits = logits.clamp(-CLAMP, CLAMP)
+        logits_l = logits.transpose(1, 2)  # [B*h, T, N]
+        logits_l = logits_l - logits_l.max(dim=-1, keepdim=True)[0]
+        probs_l = logits_l.clamp(-CLAMP, CLAMP).softmax(dim=-1)
+        if text_mask is not None:
+            mask = text_mask[:, None, None, :].to(logits.dtype)  # [B, 1, 1, T]: 1 valid, 0 PAD
+            mask = mask.masked_fill(mask == 0, -9e15)
+            logits = (logits.view(batch, self.num_heads, n, t) + mask).view(batch * self.num_heads, n, t)
+        return logits.softmax(dim=-1), probs_l
+
+    def _forward_projected(
+        self, visual: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The official order: project both sides to embed_dim, attend per head, project back."""
+        b = visual.shape[0]  # visual [B, N, Cv], text [B, T, Cl]
         query = self._heads(self.v_proj(visual) * self.scale)
         key = self._heads(self.l_proj(text))
         value_v = self._heads(self.values_v_proj(visual))
         value_l = self._heads(self.values_l_proj(text))
-
-        logits = torch.bmm(query, key.transpose(1, 2)).clamp(-CLAMP, CLAMP)  # [B*h, N, T]
-
-        logits_l = logits.transpose(1, 2)  # [B*h, T, N]
-        logits_l = logits_l - logits_l.max(dim=-1, keepdim=True)[0]
-        probs_l = logits_l.clamp(-CLAMP, CLAMP).softmax(dim=-1)
-
-        if text_mask is not None:
-            mask = text_mask[:, None, None, :].to(logits.dtype)  # [B, 1, 1, T]: 1 valid, 0 PAD
-            mask = mask.masked_fill(mask == 0, -9e15)
-            logits = (logits.view(b, self.num_heads, n, t) + mask).view(b * self.num_heads, n, t)
-        probs_v = logits.softmax(dim=-1)
-
+        probs_v, probs_l = self._softmaxes(torch.bmm(query, key.transpose(1, 2)), text_mask, b)
         out_v = self.out_v_proj(self._merge(torch.bmm(probs_v, value_l), b))  # [B, N, Cv]
         out_l = self.out_l_proj(self._merge(torch.bmm(probs_l, value_v), b))  # [B, T, Cl]
+        return out_v, out_l
+
+    def _forward_folded(
+        self, visual: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The same attention with the short text folded into the visual projections.
+
+        Every visual-side projection is linear, so per head h:
+          q_h k_h^T          = v (s Wq_h^T k_h^T) + s bq_h k_h^T          (a [Cv, T] map instead of [Cv, d])
+          P_v,h val_l,h Wo_h^T = P_v,h (val_l,h Wo_h^T)                  (a [T, Cv] map)
+          P_l,h (v Wvv_h^T + bvv_h) = (P_l,h v) Wvv_h^T + bvv_h          (rows of P_l sum to 1)
+        so the N x Cv x embed_dim projections become N x Cv x (heads*T): identical maths, summed in another order.
+        """
+        b, n, cv = visual.shape
+        t, h, d = text.shape[1], self.num_heads, self.head_dim
+        key = self.l_proj(text).view(b, t, h, d)  # [B, T, h, d]
+        w_q = self.v_proj.weight.view(h, d, cv)  # [h, d, Cv]
+        fold_q = torch.einsum("hdc,bthd->bcht", w_q, key).reshape(b, cv, h * t) * self.scale  # [B, Cv, h*T]
+        bias_q = torch.einsum("hd,bthd->bht", self.v_proj.bias.view(h, d), key).reshape(b, 1, h * t) * self.scale
+        logits = torch.baddbmm(bias_q, visual, fold_q)  # [B, N, h*T]
+        logits = logits.view(b, n, h, t).permute(0, 2, 1, 3).reshape(b * h, n, t)
+        probs_v, probs_l = self._softmaxes(logits, text_mask, b)
+
+        value_l = self.values_l_proj(text).view(b, t, h, d)
+        w_out_v = self.out_v_proj.weight.view(cv, h, d)  # [Cv, h, d]
+        fold_v = torch.einsum("bthd,chd->bhtc", value_l, w_out_v).reshape(b, h * t, cv)  # [B, h*T, Cv]
+        probs_v = probs_v.view(b, h, n, t).permute(0, 2, 1, 3).reshape(b, n, h * t)
+        out_v = torch.baddbmm(self.out_v_proj.bias.expand(b, 1, cv), probs_v, fold_v)  # [B, N, Cv]
+
+        pooled = torch.bmm(probs_l.view(b, h * t, n), visual).view(b, h, t, cv)  # [B, h, T, Cv]
+        w_vv = self.values_v_proj.weight.view(h, d, cv)
+        value_v = torch.einsum("bhtc,hdc->bthd", pooled, w_vv) + self.values_v_proj.bias.view(h, d)
+        out_l = self.out_l_proj(value_v.reshape(b, t, h * d))  # [B, T, Cl]
         return out_v, out_l
 
 
