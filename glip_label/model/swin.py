@@ -191,7 +191,7 @@ class SwinTransformer(nn.Module):
         super().__init__()
         self.frozen_stages = frozen_stages
         self.patch_embed = PatchEmbed(patch_size, embed_dim)
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device="cpu").tolist()
         self.num_features = [embed_dim * 2**i for i in range(len(depths))]
         self.layers = nn.ModuleList()
         for i, depth in enumerate(depths):
