@@ -1,0 +1,300 @@
+"""The user-facing predictor: `load_model(...)` and `GLIPPredictor.predict(images, prompt)`.
+
+Ties the parts together in the official evaluation order: prompt -> tokens -> BERT (once per prompt,
+cached), images -> resize/normalise/pad -> backbone + head, ATSS post-processing with class-aware NMS,
+boxes back to original pixels. Vocabularies longer than the 256-token text limit are split into
+prompt chunks that each fit, run separately and merged (as the official LVIS evaluation does).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from glip_label.config import GLIPConfig, resolve_config
+from glip_label.model.anchors import grid_anchors
+from glip_label.model.glip import GLIP
+from glip_label.model.language import TextFeatures
+from glip_label.model.postprocess import atss_postprocess, ml_nms, resize_boxes
+from glip_label.model.preprocess import batch_images, get_resized_size, image_to_tensor
+from glip_label.records import Detections
+from glip_label.text.prompts import (
+    Prompt,
+    build_detection_prompt,
+    chunk_phrases,
+    parse_prompt,
+    positive_map_label_to_token,
+    prompt_token_count,
+    tokenize,
+)
+
+log = logging.getLogger(__name__)
+
+ImageInput = str | Path | Image.Image | np.ndarray
+
+
+@dataclass
+class EncodedPrompt:
+    """A prompt chunk ready for the head: its text features and which tokens make up each phrase.
+
+    label_to_token: 1-based label within this chunk -> token positions
+    phrase_index:   chunk label j+1 -> index of the phrase in the user's full prompt
+    """
+
+    prompt: Prompt
+    text: TextFeatures
+    label_to_token: dict[int, list[int]]
+    phrase_index: list[int]
+
+
+def to_pil_rgb(image: ImageInput) -> Image.Image:
+    """Paths, PIL images and HxW(x3/x4) uint8 arrays (RGB order) to an RGB PIL image."""
+    if isinstance(image, (str, Path)):
+        with Image.open(image) as opened:
+            return opened.convert("RGB")
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"numpy images must be uint8 (got {image.dtype})")
+        return Image.fromarray(image).convert("RGB")
+    raise TypeError(f"unsupported image type {type(image).__name__}; give a path, a PIL image or a uint8 array")
+
+
+class GLIPPredictor:
+    """A loaded GLIP with its tokenizer and inference settings.
+
+    `pad_prompt=True` and `cache_text=False` reproduce the official code's behaviour exactly (prompt padded
+    to 256 tokens, re-encoded for every image); the defaults skip both, which leaves outputs unchanged
+    because PAD tokens are masked everywhere they could matter (tested against the parity fixture).
+    """
+
+    def __init__(
+        self,
+        model: GLIP,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        source: str | None = None,
+        pad_prompt: bool = False,
+        cache_text: bool = True,
+    ) -> None:
+        self.model = model.to(device=device, dtype=dtype).eval()
+        self.config: GLIPConfig = model.config
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.source = source
+        self.pad_prompt = pad_prompt
+        self.cache_text = cache_text
+        self._text_cache: dict[tuple, list[EncodedPrompt]] = {}
+
+    # ------------------------------------------------------------------ prompts
+    def encode_prompt(
+        self, prompt: str | Sequence[str] | Prompt, spans: Sequence[Sequence[tuple[int, int]]] | None = None
+    ) -> list[EncodedPrompt]:
+        """Encode a prompt once (cached), split into chunks that fit the text limit when it is a class list."""
+        full = parse_prompt(list(prompt) if isinstance(prompt, (list, tuple)) else prompt, spans)
+        key = (full.text, tuple(tuple(map(tuple, s)) for s in full.spans))
+        if self.cache_text and key in self._text_cache:
+            return self._text_cache[key]
+        limit = self.config.max_query_len
+        if prompt_token_count(full.text) <= limit:
+            chunks = [(full, list(range(len(full.phrases))))]
+        elif spans is None:
+            groups = chunk_phrases(full.phrases, max_len=limit)
+            chunks = [(build_detection_prompt([full.phrases[i] for i in g]), g) for g in groups]
+            log.info("prompt of %d phrases split into %d chunks of <= %d tokens", len(full.phrases), len(chunks), limit)
+        else:
+            raise ValueError(
+                f"caption is {prompt_token_count(full.text)} tokens long, over the {limit}-token text limit; "
+                "shorten it or split it into several captions"
+            )
+        encoded = []
+        for chunk, phrase_index in chunks:
+            tokens = tokenize(chunk.text, max_len=limit, pad_to=limit if self.pad_prompt else None)
+            with torch.inference_mode():
+                text = self.model.encode_text(
+                    tokens.input_ids[None].to(self.device), tokens.attention_mask[None].to(self.device)
+                )
+            label_to_token = positive_map_label_to_token(chunk, tokens, max_len=limit)
+            encoded.append(EncodedPrompt(chunk, text, label_to_token, phrase_index))
+        if self.cache_text:
+            self._text_cache[key] = encoded
+        return encoded
+
+    # ------------------------------------------------------------------ images
+    def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+        c = self.config
+        tensors = [image_to_tensor(im, c.min_size_test, c.max_size_test, c.pixel_mean, c.pixel_std) for im in images]
+        batch, sizes = batch_images(tensors, c.size_divisibility)
+        return batch.to(self.device, self.dtype), sizes
+
+    @torch.inference_mode()
+    def _predict_batch(
+        self, images: Sequence[Image.Image], chunks: list[EncodedPrompt], phrases: list[str]
+    ) -> list[Detections]:
+        c = self.config
+        batch, image_sizes = self.preprocess(images)
+        per_image: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in images]
+        for chunk in chunks:
+            text = chunk.text
+            if not self.cache_text:  # official behaviour: the prompt is encoded again for every image
+                tokens = tokenize(chunk.prompt.text, max_len=c.max_query_len,
+                                  pad_to=c.max_query_len if self.pad_prompt else None)
+                text = self.model.encode_text(tokens.input_ids[None].to(self.device),
+                                              tokens.attention_mask[None].to(self.device))
+            outputs = self.model(batch, text)
+            anchors = grid_anchors(outputs.feature_sizes, c.anchor_strides, c.anchor_sizes, device=self.device,
+                                   dtype=torch.float32)
+            results = atss_postprocess(
+                [x.float() for x in outputs.box_regression],
+                [x.float() for x in outputs.centerness],
+                [x.float() for x in outputs.token_logits],
+                anchors,
+                image_sizes,
+                chunk.label_to_token,
+                num_classes=max(c.num_class_columns, len(chunk.prompt.phrases)),
+                pre_nms_thresh=c.pre_nms_thresh,
+                pre_nms_top_n=c.pre_nms_top_n,
+                nms_thresh=c.nms_thresh,
+                detections_per_img=c.detections_per_img,
+            )
+            to_phrase = torch.tensor(chunk.phrase_index, dtype=torch.long)
+            for i, result in enumerate(results):
+                labels = to_phrase[result["labels"].cpu() - 1]
+                per_image[i].append((result["boxes"].cpu(), result["scores"].cpu(), labels))
+        detections = []
+        for image, (h, w), parts in zip(images, image_sizes, per_image, strict=True):
+            boxes = torch.cat([p[0] for p in parts])
+            scores = torch.cat([p[1] for p in parts])
+            labels = torch.cat([p[2] for p in parts])
+            boxes = resize_boxes(boxes, (w, h), image.size)
+            detections.append(Detections(boxes.double().numpy(), scores.double().numpy(), labels.numpy(), phrases))
+        return detections
+
+    def predict(
+        self,
+        images: ImageInput | Sequence[ImageInput],
+        prompt: str | Sequence[str] | Prompt,
+        spans: Sequence[Sequence[tuple[int, int]]] | None = None,
+        threshold: float = 0.3,
+        batch_size: int = 1,
+        nms_iou: float | None = None,
+        agnostic_nms: bool = False,
+        max_detections: int | None = None,
+    ) -> Detections | list[Detections]:
+        """Detect the prompt's phrases in one image (returns Detections) or many (returns a list).
+
+        prompt: "person. bicycle." text, a list of class names, or a caption with `spans` (per phrase, a list
+        of [start, end) character spans). Labels in the result are 0-based phrase indices.
+        threshold: keep boxes scoring at least this (the official post-processing keeps the top 100 above 0.05).
+        nms_iou: an extra NMS across chunks and classes-per-class (class-aware unless agnostic_nms).
+        batch_size: images per forward pass; results then depend slightly on the batch's padding, as in the
+        official code (batch 1 reproduces the official evaluation exactly).
+        """
+        single = isinstance(images, (str, Path, Image.Image, np.ndarray))
+        items = [images] if single else list(images)
+        chunks = self.encode_prompt(prompt, spans)
+        phrases = [p for ch in chunks for p in ch.prompt.phrases] if len(chunks) > 1 else chunks[0].prompt.phrases
+        results: list[Detections] = []
+        for start in range(0, len(items), max(1, batch_size)):
+            pil = [to_pil_rgb(x) for x in items[start : start + batch_size]]
+            results.extend(self._predict_batch(pil, chunks, phrases))
+        results = [filter_detections(d, threshold, nms_iou, agnostic_nms, max_detections) for d in results]
+        return results[0] if single else results
+
+    def resized_size(self, width: int, height: int) -> tuple[int, int]:
+        return get_resized_size(width, height, self.config.min_size_test, self.config.max_size_test)
+
+    def save(self, path: str | Path, dtype: str | None = None) -> None:
+        """Write an official-format `.pth` (or a `.safetensors`) that `load_model` and the official code read."""
+        from glip_label.weights import save_checkpoint
+
+        cast = {None: None, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+        save_checkpoint(self.model, Path(path), config_dict=self.config.to_dict(), dtype=cast)
+
+
+def filter_detections(
+    detections: Detections,
+    threshold: float = 0.0,
+    nms_iou: float | None = None,
+    agnostic: bool = False,
+    max_detections: int | None = None,
+) -> Detections:
+    """Score threshold, optional extra NMS (class-aware or across classes), then a cap, best first."""
+    keep = detections.scores >= threshold
+    out = detections.select(keep).sorted_by_score()
+    if nms_iou is not None and len(out):
+        labels = torch.zeros(len(out), dtype=torch.long) if agnostic else torch.from_numpy(out.labels)
+        kept = ml_nms(torch.from_numpy(out.boxes), torch.from_numpy(out.scores), labels, nms_iou)
+        out = out.select(np.sort(kept.numpy())).sorted_by_score()
+    if max_detections is not None:
+        out = out.select(np.arange(min(len(out), max_detections)))
+    return out
+
+
+def load_model(
+    weights: str | Path | None,
+    config: GLIPConfig | str | Path | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    seed: int | None = None,
+    revision: str | None = None,
+    prefer: str = "model",
+    pad_prompt: bool = False,
+    cache_text: bool = True,
+) -> GLIPPredictor:
+    """Load GLIP from a hub preset name ("glip-t", "glip-l", ...), a local .pth/.safetensors, or build it at random.
+
+    config: a preset name, an official yaml path or a GLIPConfig; by default taken from the hub preset, from
+    the metadata glip-label stores in its own checkpoints, or "glip-t".
+    weights=None builds a randomly initialised model (seeded by `seed`), for tests, benchmarks and training.
+    """
+    from glip_label.weights import load_state_dict_strict, read_checkpoint, read_config_metadata, resolve_weights
+
+    if isinstance(dtype, str):
+        dtype = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+                 "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}[dtype]
+    if weights is None:
+        warnings.warn("no weights given: building a randomly initialised GLIP (outputs are meaningless until trained)",
+                      stacklevel=2)
+        cfg = resolve_config(config)
+        if seed is not None:
+            torch.manual_seed(seed)
+        return GLIPPredictor(GLIP(cfg), device, dtype, source=None, pad_prompt=pad_prompt, cache_text=cache_text)
+
+    path, preset = resolve_weights(weights, revision=revision)
+    if config is None:
+        stored = read_config_metadata(path)
+        cfg = GLIPConfig.from_dict(stored) if stored else resolve_config(preset)
+    else:
+        cfg = resolve_config(config)
+    state = read_checkpoint(path, prefer=prefer)
+    with torch.device("meta"):
+        model = GLIP(cfg)
+    model = model.to_empty(device="cpu")
+    _restore_buffers(model)
+    load_state_dict_strict(model, state, source=str(path))
+    return GLIPPredictor(model, device, dtype, source=str(path), pad_prompt=pad_prompt, cache_text=cache_text)
+
+
+def _restore_buffers(model: GLIP) -> None:
+    """Buffers that checkpoints may lack (transformers' non-persistent ids) must be real after `to_empty`."""
+    from glip_label.model.swin import WindowAttention, relative_position_index
+
+    for module in model.modules():
+        if isinstance(module, WindowAttention):
+            module.relative_position_index = relative_position_index(module.window_size)
+    embeddings = model.language_backbone.body.model.embeddings
+    for name, buffer in list(embeddings.named_buffers(recurse=False)):
+        if name == "position_ids":
+            embeddings.position_ids = torch.arange(buffer.shape[-1]).expand(1, -1)
+        elif name == "token_type_ids":
+            embeddings.token_type_ids = torch.zeros(buffer.shape, dtype=torch.long)
+
