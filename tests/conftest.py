@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,3 +22,15 @@ def parity_dir() -> Path:
     if not (FIXTURES / "README.md").exists():
         pytest.fail(f"parity fixture not found at {FIXTURES} (expected ../shared beside the repository)")
     return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def parity_checkpoint(parity_dir: Path, tmp_path_factory) -> Path:
+    """The official-format GLIP-T checkpoint the fixture's own generator writes (0.93 GB, about 6 s)."""
+    out = tmp_path_factory.mktemp("parity") / "glip_t_dev_seed1.pth"
+    subprocess.run(
+        [sys.executable, str(parity_dir / "make_weights.py"), "--keys", str(parity_dir / "glip_t_keys.txt"),
+         "--seed", "1", "--out", str(out)],
+        check=True, capture_output=True,
+    )
+    return out

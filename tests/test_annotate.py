@@ -222,3 +222,23 @@ def test_help_explains_every_option():
                    "--batch-size", "--workers", "--device", "--dtype", "--resume", "--shard", "--max-pixels"):
         assert option in result.output, option
     assert "Examples" in result.output
+
+
+@pytest.mark.slow
+def test_glip_t_checkpoint_labels_example_photos(parity_checkpoint, parity_dir, tmp_path):
+    """The full-size GLIP-T (generated official-format weights) through annotate on the two real photos."""
+    from pycocotools.coco import COCO
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    for name in ("astronaut.png", "coffee.png"):
+        (root / name).write_bytes((parity_dir / "inputs" / name).read_bytes())
+    out = tmp_path / "out"
+    summary = annotate(AnnotateOptions(source=str(root), out=out, prompt="person. cup. flag.",
+                                       model=str(parity_checkpoint), config="glip-t", threshold=0.3), progress=False)
+    assert summary.labeled == 2 and sum(summary.boxes_per_class.values()) > 0
+    coco = COCO(str(out / "annotations.coco.json"))
+    for ann in coco.dataset["annotations"]:
+        image = coco.imgs[ann["image_id"]]
+        x, y, w, h = ann["bbox"]
+        assert x >= 0 and y >= 0 and x + w <= image["width"] + 1e-6 and y + h <= image["height"] + 1e-6

@@ -9,8 +9,6 @@ fixture README's suggestions for an independent fp32 re-implementation.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +24,6 @@ pytestmark = pytest.mark.parity
 CASES = ["astronaut_det", "astronaut_caption", "coffee_det", "coffee_caption"]
 BOX_TOL = 0.05  # px, original image coordinates
 SCORE_TOL = 1e-4
-
-
-@pytest.fixture(scope="session")
-def parity_checkpoint(parity_dir: Path, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("parity") / "glip_t_dev_seed1.pth"
-    subprocess.run(
-        [sys.executable, str(parity_dir / "make_weights.py"), "--keys", str(parity_dir / "glip_t_keys.txt"),
-         "--seed", "1", "--out", str(out)],
-        check=True, capture_output=True,
-    )
-    return out
 
 
 @pytest.fixture(scope="session")
