@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -27,6 +28,34 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
+    """Stream a large file to a temporary name; it appears at `path` only when the block finishes cleanly."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_array(fh: IO[str], items: Iterable[Any]) -> int:
+    """Write `items` as one compact JSON array without holding them all; returns the count."""
+    fh.write("[")
+    count = 0
+    for item in items:
+        fh.write(("," if count else "") + json.dumps(item, ensure_ascii=False))
+        count += 1
+    fh.write("]")
+    return count
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:

@@ -209,6 +209,56 @@ class GLIPPredictor:
         results = [filter_detections(d, threshold, nms_iou, agnostic_nms, max_detections) for d in results]
         return results[0] if single else results
 
+    @torch.inference_mode()
+    def predict_grounding(
+        self, images: Sequence[ImageInput], prompts: Sequence[Prompt], threshold: float = 0.0
+    ) -> list[Detections]:
+        """One prompt per image (captions with their phrase spans), all images in one forward pass.
+
+        The prompts are padded to the longest and masked, which leaves each image's text features as if it
+        were alone; images are padded to the batch's largest as in `predict`.
+        """
+        if len(images) != len(prompts):
+            raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
+        if not images:
+            return []
+        c = self.config
+        pil = [to_pil_rgb(x) for x in images]
+        batch, image_sizes = self.preprocess(pil)
+        tokens = [tokenize(p.text, max_len=c.max_query_len) for p in prompts]
+        length = max(t.num_tokens for t in tokens)
+        input_ids = torch.zeros(len(tokens), length, dtype=torch.long)
+        attention = torch.zeros(len(tokens), length, dtype=torch.long)
+        for i, t in enumerate(tokens):
+            input_ids[i, : t.num_tokens] = t.input_ids[: t.num_tokens]
+            attention[i, : t.num_tokens] = 1
+        text = self.model.encode_text(input_ids.to(self.device), attention.to(self.device))
+        outputs = self.model(batch, text)
+        anchors = grid_anchors(outputs.feature_sizes, c.anchor_strides, c.anchor_sizes, device=self.device,
+                               dtype=torch.float32)
+        results = []
+        for i, (image, prompt, tok) in enumerate(zip(pil, prompts, tokens, strict=True)):
+            label_to_token = positive_map_label_to_token(prompt, tok, max_len=c.max_query_len)
+            found = atss_postprocess(
+                [x[i : i + 1].float() for x in outputs.box_regression],
+                [x[i : i + 1].float() for x in outputs.centerness],
+                [x[i : i + 1].float() for x in outputs.token_logits],
+                anchors,
+                [image_sizes[i]],
+                label_to_token,
+                num_classes=max(c.num_class_columns, len(prompt.phrases)),
+                pre_nms_thresh=c.pre_nms_thresh,
+                pre_nms_top_n=c.pre_nms_top_n,
+                nms_thresh=c.nms_thresh,
+                detections_per_img=c.detections_per_img,
+            )[0]
+            h, w = image_sizes[i]
+            boxes = resize_boxes(found["boxes"].cpu(), (w, h), image.size)
+            det = Detections(boxes.double().numpy(), found["scores"].cpu().double().numpy(),
+                             (found["labels"].cpu() - 1).numpy(), list(prompt.phrases))
+            results.append(filter_detections(det, threshold))
+        return results
+
     def resized_size(self, width: int, height: int) -> tuple[int, int]:
         return get_resized_size(width, height, self.config.min_size_test, self.config.max_size_test)
 

@@ -499,3 +499,23 @@ def test_save_visualizations(tmp_path: Path) -> None:
     assert written == [tmp_path / "vis" / "sub" / "a.jpg"]
     with Image.open(written[0]) as im:
         assert im.size == (64, 48)
+
+
+def test_coco_stream_writer_equals_in_memory_writer(tmp_path):
+    from glip_label.formats.coco import CocoStreamWriter, CocoWriter
+
+    rng = np.random.default_rng(3)
+    records = []
+    for i in range(5):
+        n = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 50, (n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(1, 30, (n, 2))], axis=1)
+        det = Detections(boxes, rng.uniform(0.1, 1, n), rng.integers(0, 2, n), ["a", "b"])
+        records.append(ImageRecord(f"im{i}.jpg", 100, 80, det))
+    memory = CocoWriter(["a", "b"], info={"x": 1})
+    with CocoStreamWriter(tmp_path / "s.json", ["a", "b"], info={"x": 1}) as stream:
+        for record in records:
+            memory.add(record)
+            stream.add(record)
+    assert json.loads((tmp_path / "s.json").read_text()) == memory.to_dict()
+    assert stream.num_annotations == memory.num_annotations and len(stream) == 5

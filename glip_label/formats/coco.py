@@ -21,13 +21,15 @@ import copy
 import io
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from glip_label.io import atomic_write_json
+from glip_label.io import atomic_open, atomic_write_json
 from glip_label.records import Detections, ImageRecord
 
 BOX_CONVENTION = "bbox = [x1, y1, x2 - x1 + 1, y2 - y1 + 1] from GLIP '+1' xyxy pixels (official GLIP COCO export)"
@@ -99,6 +101,8 @@ class CocoWriter:
         self._images: list[dict[str, Any]] = []
         self._annotations: list[dict[str, Any]] = []
         self._file_names: set[str] = set()
+        self._num_images = 0
+        self._num_annotations = 0
 
     def category_id(self, category_index: int) -> int:
         return self.category_id_base + int(category_index)
@@ -124,15 +128,16 @@ class CocoWriter:
             )
         _check_finite(det.boxes, record.file_name)
 
-        image_id = len(self._images) + 1
+        image_id = self._num_images + 1
         self._file_names.add(record.file_name)
-        self._images.append({"id": image_id, "file_name": record.file_name, "width": width, "height": height})
+        image = {"id": image_id, "file_name": record.file_name, "width": width, "height": height}
+        annotations = []
         xywh = xyxy_to_xywh(det.boxes)  # [N, 4]
         for box, score, cat in zip(xywh, det.scores, cat_idx, strict=True):
             bbox = _round_list(box, BBOX_DECIMALS)
-            self._annotations.append(
+            annotations.append(
                 {
-                    "id": len(self._annotations) + 1,
+                    "id": self._num_annotations + len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": self.category_id(cat),
                     "bbox": bbox,
@@ -141,14 +146,21 @@ class CocoWriter:
                     "score": round(float(score), SCORE_DECIMALS),
                 }
             )
+        self._store(image, annotations)
+        self._num_images += 1
+        self._num_annotations += len(annotations)
         return image_id
 
+    def _store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
+        self._images.append(image)
+        self._annotations.extend(annotations)
+
     def __len__(self) -> int:
-        return len(self._images)
+        return self._num_images
 
     @property
     def num_annotations(self) -> int:
-        return len(self._annotations)
+        return self._num_annotations
 
     def categories_list(self) -> list[dict[str, Any]]:
         return [
@@ -175,6 +187,45 @@ class CocoWriter:
     def write(self, path: str | Path) -> None:
         """Write atomically (compact JSON: COCO files of large runs are big)."""
         atomic_write_json(path, self.to_dict(), indent=None)
+
+
+class CocoStreamWriter(CocoWriter):
+    """A CocoWriter that streams to disk, so memory stays flat however many images and boxes a run has.
+
+    Images go straight into the (temporary) output file and annotations into a spool file that is
+    appended after them on `close`; the result appears at `path` atomically. Use as a context manager.
+    """
+
+    def __init__(self, path: str | Path, categories: list[str], category_id_base: int = 1,
+                 info: dict | None = None) -> None:
+        super().__init__(categories, category_id_base, info)
+        self._context = atomic_open(path, "w")
+        self._fh = self._context.__enter__()
+        self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed in close()
+        self._fh.write('{"info": ' + json.dumps(self.info, ensure_ascii=False) + ', "licenses": [], "images": [')
+
+    def _store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
+        self._fh.write(("," if self._num_images else "") + json.dumps(image, ensure_ascii=False))
+        for i, ann in enumerate(annotations):
+            self._spool.write(("," if self._num_annotations + i else "") + json.dumps(ann, ensure_ascii=False))
+
+    def close(self) -> None:
+        self._fh.write('], "annotations": [')
+        self._spool.seek(0)
+        shutil.copyfileobj(self._spool, self._fh)
+        self._spool.close()
+        self._fh.write('], "categories": ' + json.dumps(self.categories_list(), ensure_ascii=False) + "}\n")
+        self._context.__exit__(None, None, None)
+
+    def __enter__(self) -> CocoStreamWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self._spool.close()
+            self._context.__exit__(exc_type, exc, tb)
 
 
 # ----------------------------------------------------------------------------------------- reader

@@ -13,7 +13,7 @@ images first, which is what a review pass wants.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
@@ -64,6 +64,28 @@ def rectangle_results(record: ImageRecord, categories: list[str]) -> list[dict[s
     return results
 
 
+def iter_labelstudio_tasks(
+    records: Iterable[ImageRecord],
+    categories: list[str],
+    image_url_prefix: str = "/data/local-files/?d=",
+    model_version: str = "glip-label",
+) -> Iterator[dict[str, Any]]:
+    """Tasks for Label Studio's JSON import, one per record, lazily (see `labelstudio_tasks`)."""
+    for record in records:
+        results = rectangle_results(record, categories)
+        scores = record.detections.scores
+        yield {
+            "data": {"image": image_url_prefix + quote(record.file_name, safe="/")},
+            "predictions": [
+                {
+                    "model_version": model_version,
+                    "score": round(float(scores.mean()), 6) if len(scores) else 0.0,
+                    "result": results,
+                }
+            ],
+        }
+
+
 def labelstudio_tasks(
     records: Iterable[ImageRecord],
     categories: list[str],
@@ -73,23 +95,7 @@ def labelstudio_tasks(
     """Tasks for Label Studio's JSON import. ``data.image`` is ``image_url_prefix`` + the URL-quoted
     file name: with local-files storage the prefix should end in the path of the image root relative
     to ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` (e.g. ``/data/local-files/?d=photos/``)."""
-    tasks = []
-    for record in records:
-        results = rectangle_results(record, categories)
-        scores = record.detections.scores
-        tasks.append(
-            {
-                "data": {"image": image_url_prefix + quote(record.file_name, safe="/")},
-                "predictions": [
-                    {
-                        "model_version": model_version,
-                        "score": round(float(scores.mean()), 6) if len(scores) else 0.0,
-                        "result": results,
-                    }
-                ],
-            }
-        )
-    return tasks
+    return list(iter_labelstudio_tasks(records, categories, image_url_prefix, model_version))
 
 
 def labelstudio_label_config(categories: list[str]) -> str:
