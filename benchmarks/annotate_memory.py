@@ -22,8 +22,9 @@ CHILD = """
 import resource, sys, time
 from glip_label.runs.annotate import AnnotateOptions, annotate
 t0 = time.perf_counter()
-summary = annotate(AnnotateOptions(source=sys.argv[1], out=sys.argv[2], prompt="thing. other. stuff.", model=sys.argv[3],
-                                   threshold=0.2, formats=("coco", "odvg", "yolo", "labelstudio")), progress=False)
+options = AnnotateOptions(source=sys.argv[1], out=sys.argv[2], prompt="thing. other. stuff.", model=sys.argv[3],
+                          threshold=0.2, formats=("coco", "odvg", "yolo", "labelstudio"))
+summary = annotate(options, progress=False)
 boxes = sum(summary.boxes_per_class.values())
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, summary.labeled, boxes, time.perf_counter() - t0)
 """
