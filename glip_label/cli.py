@@ -158,6 +158,81 @@ def merge(
     _print_annotate_summary(summary)
 
 
+@app.command(
+    "pseudo-caption",
+    epilog="Examples:\n\n"
+    "  glip-label pseudo-caption examples/captions.jsonl --out runs/captions\n\n"
+    "  glip-label pseudo-caption cc3m/ --out runs/cc3m --batch-size 8 --device cuda"
+    "\n\n"
+    "  glip-label pseudo-caption 'shards/{00000..00999}.tar' --shard 3/8 --out runs/cc3m-3\n\n"
+    "  glip-label pseudo-caption grit.jsonl --phrases column --phrases-column noun_chunks --out runs/grit\n\n"
+    "  glip-label pseudo-caption coco_captions.json --image-root coco/train2017 --phrases vocab "
+    "--classes-file prompts/coco80.txt\n\n"
+    "  glip-label pseudo-caption cc12m/ --engine ray --ray-address auto --ray-actors 8 --ray-gpus-per-actor 1",
+)
+def pseudo_caption(
+    source: Annotated[str, typer.Argument(help="Caption corpus: an img2dataset folder (image + .txt), webdataset .tar "
+                                          "shards (a file, folder or glob), a .jsonl/.csv/.tsv with image and caption "
+                                          "columns, a COCO captions json, or a Hugging Face dataset (hub name or "
+                                          "saved folder).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: grounding.odvg.jsonl, grounding.mdetr.json, "
+                                      "errors.jsonl, run.json.")] = Path("runs/pseudo-caption"),
+    model: ModelOpt = "glip-t",
+    config: ConfigOpt = None,
+    random_init: Annotated[bool, typer.Option(help="Use an untrained model (pipeline checks only).")] = False,
+    phrases: Annotated[str, typer.Option(help="Where phrases come from: auto (given per record, else spaCy if "
+                                         "installed, else rules), spacy, rule, column (--phrases-column), vocab "
+                                         "(names of --classes-file found in the caption).")] = "auto",
+    phrases_column: Annotated[str | None, typer.Option(help="Record field with given phrases: GRIT noun_chunks "
+                                                       "[[start,end,...]], spans or phrase strings.")] = None,
+    classes_file: Annotated[Path | None, typer.Option(help="Class names for --phrases vocab.")] = None,
+    image_column: Annotated[str, typer.Option(help="Image field of jsonl/csv/tsv/HF records.")] = "image",
+    caption_column: Annotated[str, typer.Option(help="Caption field.")] = "caption",
+    image_root: Annotated[str | None, typer.Option(help="Folder that relative image paths are resolved against "
+                                                   "(default: the caption file's folder).")] = None,
+    split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset.")] = "train",
+    box_floor: Annotated[float, typer.Option(help="Keep every box scoring above this, with its score; "
+                                             "train-student filters later (--pseudo-min-score 0.5).")] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="Image-caption pairs per forward pass.")] = 4,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "fp32",
+    resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUT.")] = False,
+    shard: Annotated[str | None, typer.Option(help="Process only shard i of N ('i/N', 0-based).")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool; same records as local).")] = "local",
+    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address ('auto' after 'ray start'); default: "
+                                                    "a local instance.")] = None,
+    ray_actors: Annotated[int, typer.Option(help="Model actors in the Ray pool.")] = 1,
+    ray_cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor (fractions allowed).")] = 1.0,
+    ray_gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = 0.0,
+    threads: Annotated[int | None, typer.Option(help="torch threads per process (equal counts give bit-identical "
+                                                "records across engines).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Ground the noun phrases of an image-caption corpus with GLIP (the paper's self-training data)."""
+    from glip_label.runs.journal import JournalError
+    from glip_label.runs.pseudo_caption import PseudoCaptionOptions
+    from glip_label.runs.pseudo_caption import pseudo_caption as run
+
+    _setup_logging(verbose)
+    options = PseudoCaptionOptions(
+        source=source, out=out, model=None if random_init else model, config=config, random_init=random_init,
+        seed=seed, phrases=phrases, phrases_column=phrases_column,
+        classes_file=str(classes_file) if classes_file else None, image_column=image_column,
+        caption_column=caption_column, image_root=image_root, split=split, box_floor=box_floor,
+        batch_size=batch_size, device=device, dtype=dtype, resume=resume, shard=shard, engine=engine,
+        ray_address=ray_address, ray_actors=ray_actors, ray_cpus_per_actor=ray_cpus_per_actor,
+        ray_gpus_per_actor=ray_gpus_per_actor, torch_threads=threads,
+    )
+    try:
+        summary = run(options)
+    except (ValueError, FileNotFoundError, JournalError, ImportError) as exc:
+        _fail(str(exc))
+    Console().print(f"pairs {summary.pairs} · grounded {summary.grounded} · skipped {summary.skipped} "
+                    f"(see {summary.out / 'errors.jsonl'}) · boxes {summary.boxes} · "
+                    f"{summary.pairs_per_second:.2f} pairs/s")
+
+
 @app.command("convert-weights", epilog="Example:\n\n  glip-label convert-weights glip_tiny_model_o365_goldg.pth "
              "glip-t.safetensors --dtype fp16")
 def convert_weights(

@@ -61,3 +61,17 @@ class ImageRecord:
     height: int
     detections: Detections
     extra: dict = field(default_factory=dict)
+
+
+def clip_to_image(detections: Detections, width: int, height: int) -> Detections:
+    """Clip boxes to [0, w-1] x [0, h-1] and drop the degenerate ones (x2 - x1 < 1 or y2 - y1 < 1).
+
+    The official resize back to original pixels can leave boxes up to a pixel past the image, and a box
+    squeezed against an edge can collapse; dataset files need boxes inside the image that loaders keep
+    (mmdet drops boxes under 1 px).
+    """
+    boxes = detections.boxes.copy()
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width - 1)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height - 1)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= 1) & ((boxes[:, 3] - boxes[:, 1]) >= 1)
+    return Detections(boxes[keep], detections.scores[keep], detections.labels[keep], detections.phrases)

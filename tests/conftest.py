@@ -34,3 +34,22 @@ def parity_checkpoint(parity_dir: Path, tmp_path_factory) -> Path:
         check=True, capture_output=True,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A random glip-tiny saved as an official-format .pth, its token bias lifted so that it proposes boxes.
+
+    At init every token scores sigmoid(bias0) = the 0.01 prior, under the 0.05 candidate threshold.
+    """
+    import torch
+
+    from glip_label.predictor import load_model
+
+    with pytest.warns(UserWarning):
+        predictor = load_model(None, config="glip-tiny", seed=0)
+    with torch.no_grad():
+        predictor.model.rpn.head.bias0.fill_(0.0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
+    predictor.save(path)
+    return path

@@ -13,30 +13,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from typer.testing import CliRunner
 
 from glip_label.cli import app
 from glip_label.formats.odvg import read_odvg, validate_odvg_record
 from glip_label.formats.yolo import read_yolo_labels
-from glip_label.predictor import load_model
 from glip_label.runs.annotate import AnnotateOptions, Ontology, annotate, load_ontology, postprocess_for_ontology
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A random glip-tiny whose token bias is lifted so that it proposes boxes (see test_predictor)."""
-    with pytest.warns(UserWarning):
-        predictor = load_model(None, config="glip-tiny", seed=0)
-    with torch.no_grad():
-        predictor.model.rpn.head.bias0.fill_(0.0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    predictor.save(path)
-    return path
 
 
 def _scene(seed: int, size=(160, 120)) -> Image.Image:

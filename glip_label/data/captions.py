@@ -56,7 +56,7 @@ from glip_label.data.images import (
 logger = logging.getLogger(__name__)
 
 SOURCE_KINDS: tuple[str, ...] = ("folder", "webdataset", "jsonl", "csv", "tsv", "coco", "hf")
-DATASETS_EXTRA_HINT = "pip install 'glip-label[datasets]'"
+DATASETS_EXTRA_HINT = "pip install datasets"
 
 # Files that mark a folder written by `datasets` (`save_to_disk` of a Dataset / a DatasetDict).
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")

