@@ -28,6 +28,9 @@ class GLIPConfig:
     swin_patch_size: int = 4
     # 2 freezes patch_embed and stage 0 when training (GLIP-L's default); -1 freezes nothing.
     freeze_backbone_at: int = -1
+    # A timm model name (e.g. "resnet50") replaces Swin by that network's stride-8/16/32 features
+    # (students only: the official code has no such backbone). None: Swin as above.
+    timm_backbone: str | None = None
 
     # FPN and head width (MODEL.BACKBONE.OUT_CHANNELS == MODEL.DYHEAD.CHANNELS)
     channels: int = 256

@@ -377,9 +377,15 @@ def _coco_from_dict(data: dict[str, Any]):
 
 
 def evaluate_coco(
-    gold: str | Path | dict[str, Any], results: Sequence[dict[str, Any]], verbose: bool = False
+    gold: str | Path | dict[str, Any],
+    results: Sequence[dict[str, Any]],
+    verbose: bool = False,
+    category_ids: Sequence[int] | None = None,
 ) -> dict[str, float]:
     """Box AP of ``results`` against a gold COCO file, as pycocotools computes it.
+
+    ``category_ids`` restricts the evaluation to those categories (COCOeval's ``params.catIds``): AP on
+    a subset, e.g. the base and the novel classes of an open-vocabulary split.
 
     Returns the 12 COCOeval stats by name (``ap``, ``ap50``, ``ap75``, …) plus ``num_results``.
     An empty results list returns zeros instead of crashing in ``loadRes`` (cocodataset/cocoapi#450):
@@ -412,6 +418,8 @@ def evaluate_coco(
         coco_gt = _coco_from_dict(data)
         coco_dt = coco_gt.loadRes(dets)
         evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        if category_ids is not None:
+            evaluator.params.catIds = sorted(int(c) for c in category_ids)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()

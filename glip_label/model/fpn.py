@@ -41,8 +41,8 @@ class FPN(nn.Module):
         self.top_blocks = LastLevelP6P7(out_channels)
 
     def forward(self, stages: list[torch.Tensor]) -> list[torch.Tensor]:
-        """stages: Swin outputs at strides 4, 8, 16, 32 -> [P3, P4, P5, P6, P7]."""
-        c3, c4, c5 = stages[1:]
+        """stages: backbone outputs ending with strides 8, 16, 32 (Swin also gives 4 first) -> [P3..P7]."""
+        c3, c4, c5 = stages[-3:]
         last_inner = self.fpn_inner4(c5)
         results = [self.fpn_layer4(last_inner)]
         for feature, inner, layer in ((c4, self.fpn_inner3, self.fpn_layer3), (c3, self.fpn_inner2, self.fpn_layer2)):

@@ -14,11 +14,17 @@ from glip_label.model.fpn import FPN
 from glip_label.model.head import HeadOutputs, VLDyHeadModule
 from glip_label.model.language import LanguageBackbone, TextFeatures, bert_config
 from glip_label.model.swin import SwinTransformer
+from glip_label.model.timm_body import TimmBody
 
 
 class VisionBackbone(nn.Module):
-    def __init__(self, config: GLIPConfig) -> None:
+    def __init__(self, config: GLIPConfig, pretrained_body: bool = False) -> None:
+        """pretrained_body: load the timm backbone's own pretrained weights (students; Swin never does)."""
         super().__init__()
+        if config.timm_backbone:
+            self.body = TimmBody(config.timm_backbone, pretrained=pretrained_body)
+            self.fpn = FPN(self.body.out_channels, config.channels)
+            return
         self.body = SwinTransformer(
             embed_dim=config.swin_embed_dim,
             depths=config.swin_depths,
@@ -36,10 +42,10 @@ class VisionBackbone(nn.Module):
 
 
 class GLIP(nn.Module):
-    def __init__(self, config: GLIPConfig) -> None:
+    def __init__(self, config: GLIPConfig, pretrained_body: bool = False) -> None:
         super().__init__()
         self.config = config
-        self.backbone = VisionBackbone(config)
+        self.backbone = VisionBackbone(config, pretrained_body)
         self.language_backbone = LanguageBackbone(
             bert_config(
                 config.text_vocab_size,

@@ -412,6 +412,7 @@ def write_outputs(out: Path, names: Sequence[str], ontology: Ontology, root: Pat
     )
     run = {
         "version": __version__,
+        "image_root": str(Path(root).resolve()),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "run_key": read_run_key(out),
         "counts": {"images": len(names), "labeled": labeled, "errors": errors, "images_without_boxes": empty,

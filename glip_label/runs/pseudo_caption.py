@@ -325,6 +325,21 @@ def _iter_results(out: Path, keys: Sequence[str]) -> Iterator[dict[str, Any]]:
         journal.close()
 
 
+def _image_root(options: PseudoCaptionOptions) -> str | None:
+    """The folder the records' file_names are relative to, for readers (train-student) that find images.
+
+    None for sources whose images are not files on disk (tar members, Hugging Face image columns).
+    """
+    if options.image_root:
+        return str(Path(options.image_root).resolve())
+    source = Path(options.source)
+    if source.is_dir() and not any(source.glob("*.tar")) and not any(source.glob("*.arrow")):
+        return str(source.resolve())
+    if source.is_file() and source.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):
+        return str(source.resolve().parent)
+    return None
+
+
 def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
                   seconds: float = 0.0) -> PseudoCaptionSummary:
     """grounding.odvg.jsonl, grounding.mdetr.json, errors.jsonl, run.json; streamed, each file atomic."""
@@ -355,6 +370,7 @@ def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
                                    len(keys) / seconds if seconds > 0 else 0.0)
     atomic_write_json(out / "run.json", {
         "version": __version__,
+        "image_root": _image_root(options),
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "run_key": read_run_key(out),
         "counts": {"pairs": len(keys), "grounded": grounded, "skipped": skipped, "boxes": boxes},

@@ -1,0 +1,208 @@
+"""`glip-label train-student`: gold + pseudo data -> a student GLIP, evaluated on a validation set.
+
+This module only wires the parts together (data in `glip_label.data.grounding`, the loop in
+`glip_label.train.loop`, metrics in `glip_label.train.evaluate`) so that the CLI, the demo and the
+tests run the very same code. Under `torchrun` every process calls `train_student`; the loop joins
+the process group and only rank 0 writes files and evaluates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from glip_label.config import GLIPConfig, resolve_config
+from glip_label.data.grounding import (
+    DEFAULT_NUM_NEGATIVES,
+    GroundingDataset,
+    GroundingSource,
+    detect_format,
+    load_source,
+    parse_data_arg,
+)
+from glip_label.io import atomic_write_json
+from glip_label.model.glip import GLIP
+from glip_label.train.loop import TrainConfig, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainStudentOptions:
+    """Everything `train-student` takes; the CLI maps its options 1:1 onto these fields.
+
+    gold / pseudo: data files ("FILE" or "FILE@ROOT"), any format `detect_format` knows. Boxes with a
+    score (pseudo labels) are kept when score >= pseudo_min_score; pseudo boxes smaller than
+    pseudo_min_box_size (either side, pixels) are dropped. gold_weight / pseudo_weight: copies of each
+    file per epoch, so a small gold set can be seen as often as a large pseudo set.
+    val: COCO detection files (box AP) and/or MDETR-style grounding files (Recall@k).
+    config: the student's preset or official yaml, unless `init` (a checkpoint or hub preset whose
+    weights the student starts from) brings its own; backbone: a timm model replacing Swin.
+    """
+
+    out: Path
+    gold: Sequence[str] = ()
+    pseudo: Sequence[str] = ()
+    val: Sequence[str] = ()
+    config: str | Path | GLIPConfig | None = None
+    init: str | None = None
+    backbone: str | None = None
+    backbone_pretrained: bool = True
+    tune: str = "full"
+    max_steps: int = 1000
+    batch_size: int = 2
+    lr: float = 1e-4
+    lang_lr: float = 1e-5
+    weight_decay: float = 1e-4
+    warmup_steps: int | None = None
+    milestones: tuple[float, ...] = (0.67, 0.89)
+    clip_grad_norm: float | None = 1.0
+    amp: str | None = None
+    ema_decay: float | None = None
+    checkpoint_every: int = 500
+    keep_checkpoints: int | None = 2
+    eval_every: int | None = None
+    log_every: int = 20
+    pseudo_min_score: float = 0.5
+    pseudo_min_box_size: float = 4.0
+    gold_weight: float = 1.0
+    pseudo_weight: float = 1.0
+    scales: tuple[int, ...] | None = None
+    flip_prob: float = 0.5
+    num_negatives: int = DEFAULT_NUM_NEGATIVES
+    seed: int = 0
+    resume: bool = False
+    deterministic: bool = False
+    device: str | None = None
+    num_workers: int = 0
+    eval_batch_size: int = 1
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(
+            max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr, lang_lr=self.lang_lr,
+            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, milestones=tuple(self.milestones),
+            clip_grad_norm=self.clip_grad_norm, amp=self.amp, ema_decay=self.ema_decay,
+            checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints, seed=self.seed,
+            tune=self.tune, num_workers=self.num_workers, log_every=self.log_every, eval_every=self.eval_every,
+            deterministic=self.deterministic, device=self.device, progress=self.progress,
+        )  # fmt: skip
+
+
+def build_student(options: TrainStudentOptions) -> GLIP:
+    """The model to train: a checkpoint's (fine-tuning), or a fresh one from a preset, optionally on timm."""
+    if options.init is not None:
+        if options.backbone:
+            raise ValueError("--backbone builds a new student; it cannot be combined with --init (a checkpoint "
+                             "already has its backbone)")
+        from glip_label.predictor import load_model
+
+        return load_model(options.init, config=options.config).model.float().train()
+    config = resolve_config(options.config, default="glip-tiny")
+    if options.backbone:
+        config = config.replace(timm_backbone=options.backbone, name=f"{config.name}+{options.backbone}")
+    torch.manual_seed(options.seed)
+    return GLIP(config, pretrained_body=options.backbone_pretrained and bool(options.backbone))
+
+
+def load_sources(options: TrainStudentOptions) -> list[GroundingSource]:
+    """Read the gold and pseudo files; a pseudo file's boxes are filtered by score and size as read."""
+    if not options.gold and not options.pseudo:
+        raise ValueError("no training data: give at least one --gold or --pseudo file")
+    sources = []
+    for spec in options.gold:
+        sources.append(load_source(spec, min_score=options.pseudo_min_score, weight=options.gold_weight,
+                                   name=f"gold:{parse_data_arg(spec)[0].name}"))
+    for spec in options.pseudo:
+        sources.append(load_source(spec, min_score=options.pseudo_min_score, min_box_size=options.pseudo_min_box_size,
+                                   weight=options.pseudo_weight, name=f"pseudo:{parse_data_arg(spec)[0].name}"))
+    for source in sources:
+        if not source.samples:
+            raise ValueError(f"{source.path}: no usable training image (stats: {source.stats}); with pseudo labels, "
+                             "check --pseudo-min-score")
+    return sources
+
+
+def evaluate_files(
+    predictor: Any,
+    val: Sequence[str],
+    batch_size: int = 1,
+    progress: bool = False,
+    category_groups: dict[str, Sequence[str]] | None = None,
+) -> dict[str, Any]:
+    """Evaluate on each validation file by its format; flat `ap`/`recall_at_k` keys plus one entry per file.
+
+    The first COCO file gives the flat AP keys and the first grounding file the flat recall keys, so a
+    run with one of each (the usual case) reads `metrics["ap"]` and `metrics["recall_at_1"]`.
+    """
+    from glip_label.train.evaluate import evaluate_detection, evaluate_grounding
+
+    flat: dict[str, Any] = {}
+    per_file: dict[str, Any] = {}
+    for spec in val:
+        path, root = parse_data_arg(spec)
+        fmt = detect_format(path)
+        if fmt == "coco":
+            metrics = evaluate_detection(predictor, path, root, batch_size=batch_size, progress=progress,
+                                         category_groups=category_groups)
+        elif fmt == "mdetr":
+            metrics = evaluate_grounding(predictor, path, root, progress=progress)
+        else:
+            raise ValueError(f"{path}: validation needs a COCO detection file (box AP) or an MDETR-style grounding "
+                             f"file (Recall@k), got {fmt}")
+        per_file[str(path)] = metrics
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and key not in flat:
+                flat[key] = value
+    return {**flat, "files": per_file}
+
+
+def _check_val_files(val: Sequence[str]) -> None:
+    for spec in val:
+        path, _ = parse_data_arg(spec)
+        if detect_format(path) not in ("coco", "mdetr"):
+            raise ValueError(f"{path}: --val takes COCO detection or MDETR-style grounding files")
+
+
+def train_student(options: TrainStudentOptions) -> dict[str, Any]:
+    """Train, write OUT/model_final.{pth,safetensors}, config.yaml, checkpoints, metrics.csv and metrics.json.
+
+    Returns the loop's summary plus `metrics` (the final evaluation, empty without --val).
+    """
+    from glip_label.predictor import GLIPPredictor
+
+    _check_val_files(options.val)
+    sources = load_sources(options)
+    model = build_student(options)
+    dataset = GroundingDataset(sources, model.config, train=True, seed=options.seed, scales=options.scales,
+                               flip_prob=options.flip_prob, num_negatives=options.num_negatives)
+    total = sum(len(s.samples) for s in sources)
+    log.info("training on %d images from %d files: %s", total, len(sources),
+             ", ".join(f"{s.name} ({len(s.samples)})" for s in sources))
+
+    val_fn = None
+    if options.val:
+        def val_fn(module: torch.nn.Module) -> dict[str, Any]:
+            device = next(module.parameters()).device
+            predictor = GLIPPredictor(module, device=device)
+            return evaluate_files(predictor, options.val, options.eval_batch_size, options.progress)
+
+    summary = train(model, dataset, options.train_config(), options.out, resume=options.resume, val_fn=val_fn)
+    metrics: dict[str, Any] = {}
+    if summary.get("validation"):
+        metrics = {"step": summary["step"], **summary["validation"][-1]}
+    if int(os.environ.get("RANK", "0")) == 0:
+        data = {"sources": [{"name": s.name, "path": str(s.path), "format": s.format, "images": len(s.samples),
+                             "weight": s.weight, "stats": s.stats} for s in sources]}
+        atomic_write_json(Path(options.out) / "metrics.json", {**metrics, "data": data})
+    return {**summary, "metrics": metrics}
+
+
+__all__ = ["TrainStudentOptions", "build_student", "evaluate_files", "load_sources", "train_student"]
