@@ -17,6 +17,7 @@ import torch
 from typer.testing import CliRunner
 
 from glip_label.cli import app
+from glip_label.config import get_preset
 from glip_label.predictor import load_model
 from glip_label.runs.annotate import AnnotateOptions, annotate
 from glip_label.runs.pseudo_caption import PseudoCaptionOptions, pseudo_caption
@@ -199,6 +200,7 @@ def test_evaluate_command_writes_json_and_handles_no_detections(shapes, tmp_path
 def test_glip_tiny_student_overfits_eight_images(tmp_path):
     """Acceptance: COCO AP above 0.9 on the 8 training images themselves."""
     gold = make_shapes_data(tmp_path / "data", num_images=8)
-    summary = train_student(_options(gold, tmp_path / "run", val=[str(gold)], max_steps=300, lr=1e-3,
-                                     warmup_steps=20, checkpoint_every=1000, scales=None))
+    config = get_preset("glip-tiny").replace(min_size_test=128, max_size_test=256)  # train and test at 128 px
+    summary = train_student(_options(gold, tmp_path / "run", val=[str(gold)], config=config, max_steps=300, lr=1e-3,
+                                     warmup_steps=20, milestones=(0.8, 0.95), checkpoint_every=1000, log_every=25))
     assert summary["metrics"]["ap"] > 0.9, summary["metrics"]
