@@ -103,3 +103,126 @@ def test_presets_build_and_run(name):
         out = model(torch.randn(2, 3, 128, 160), text)
     assert [tuple(x.shape) for x in out.token_logits] == [(2, 16 * 20, 5), (2, 80, 5), (2, 20, 5), (2, 6, 5), (2, 2, 5)]
     assert all(torch.isfinite(x).all() for x in out.box_regression + out.centerness + out.token_logits)
+
+
+def test_fast_deform_conv_matches_torchvision():
+    """The pure-PyTorch CPU DCN used at inference equals torchvision's op, border and quirk cases included."""
+    from glip_label.model import dcn
+
+    gen = torch.Generator().manual_seed(0)
+    conv1, conv2 = ModulatedDeformConv(8, 6, 3, 1, 1), ModulatedDeformConv(8, 6, 3, 2, 1)
+    with torch.no_grad():
+        for conv in (conv1, conv2):
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen))
+            conv.bias.copy_(torch.randn(conv.bias.shape, generator=gen))
+    cases = []  # (conv, x, offset, mask): offset/mask at the "same level" size, as DyConv passes them
+    for h, w in ((9, 13), (5, 1), (1, 4), (12, 7)):
+        x = torch.randn(2, 8, h, w, generator=gen)
+        offset = torch.randn(2, 18, h, w, generator=gen) * 3  # many samples fall outside the image
+        mask = torch.rand(2, 9, h, w, generator=gen)
+        cases.append((conv1, x, offset, mask))
+    # Samples exactly on and just inside the -1 / H / W limits (integer and near-integer offsets).
+    h, w = 6, 8
+    offset = torch.randint(-9, 10, (2, 18, h, w), generator=gen).float()
+    offset[:, :, ::2] += torch.tensor([1e-3, -1e-3])[torch.randint(0, 2, (1,), generator=gen)]
+    cases.append((conv1, torch.randn(2, 8, h, w, generator=gen), offset, torch.rand(2, 9, h, w, generator=gen)))
+    # Finer neighbour (stride 2) and coarser neighbour (the reinterpret_offsets case) of a 9x13 level.
+    offset, mask = torch.randn(2, 18, 9, 13, generator=gen) * 2, torch.rand(2, 9, 9, 13, generator=gen)
+    cases.append((conv2, torch.randn(2, 8, 18, 26, generator=gen), offset, mask))
+    cases.append((conv2, torch.randn(2, 8, 17, 25, generator=gen), offset, mask))
+    cases.append((conv1, torch.randn(2, 8, 5, 7, generator=gen), offset, mask))
+    for conv, x, offset, mask in cases:
+        o, m = reinterpret_offsets(offset, mask, conv.output_size(*x.shape[-2:]))
+        expected = deform_conv2d(x, o, conv.weight, conv.bias, stride=conv.stride, padding=1, mask=m).detach()
+        with torch.no_grad():
+            got = conv(x, offset, mask)
+            direct = dcn.deform_conv2d_cpu(x, o, conv.weight, conv.bias, m, stride=conv.stride, padding=1)
+        scale = expected.abs().max().item()
+        assert got.shape == expected.shape
+        assert (got - expected).abs().max().item() <= 1e-4 * scale, (conv.stride, tuple(x.shape))
+        assert (direct - expected).abs().max().item() <= 1e-4 * scale
+        # float64: the same maths, so it agrees to rounding.
+        with torch.no_grad():
+            args64 = (x.double(), o.double(), conv.weight.double(), conv.bias.double())
+            exact = deform_conv2d(*args64, stride=conv.stride, padding=1, mask=m.double())
+            fast = dcn.deform_conv2d_cpu(*args64, m.double(), stride=conv.stride, padding=1)
+        assert (fast - exact).abs().max().item() <= 1e-9 * scale
+    # With gradients needed the layer falls back to torchvision's op, so training still works.
+    conv, x, offset, mask = cases[0]
+    x = x.clone().requires_grad_(True)
+    conv(x, offset, mask).sum().backward()
+    assert x.grad is not None and conv1.weight.grad is not None
+    with pytest.raises(RuntimeError, match="inference-only"):
+        dcn.deform_conv2d_cpu(x, offset, conv.weight, conv.bias, mask, padding=1)
+    # The switch turns the fast path off.
+    dcn.FAST_CPU_DCN = False
+    try:
+        with torch.no_grad():
+            assert torch.equal(conv(x, offset, mask), deform_conv2d(x, offset, conv.weight, conv.bias, padding=1,
+                                                                    mask=mask))
+    finally:
+        dcn.FAST_CPU_DCN = True
+
+
+def test_fusion_fast_paths_match_official_formulation():
+    """VLFuse's in-place softmaxes and blocked transpose give the official op sequence's numbers bit for bit,
+    and the folded short-prompt path equals the projected one up to float round-off."""
+    from glip_label.model.fusion import CLAMP, BiMultiHeadAttention, transpose_contiguous
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 1300, 37, generator=gen)
+    assert torch.equal(transpose_contiguous(x, rows=512), x.transpose(1, 2).contiguous())
+
+    def official(attn, v, l, text_mask):  # BiMultiHeadAttention.forward of the official code, fp32
+        b, n, _ = v.shape
+        h, t = attn.num_heads, l.shape[1]
+        q = attn._heads(attn.v_proj(v) * attn.scale)
+        k = attn._heads(attn.l_proj(l))
+        val_v, val_l = attn._heads(attn.values_v_proj(v)), attn._heads(attn.values_l_proj(l))
+        w = torch.bmm(q, k.transpose(1, 2)).clamp(min=-CLAMP).clamp(max=CLAMP)
+        w_t = w.transpose(1, 2)
+        w_l = (w_t - torch.max(w_t, dim=-1, keepdim=True)[0]).clamp(min=-CLAMP).clamp(max=CLAMP).softmax(dim=-1)
+        mask = text_mask[:, None, None, :].to(w.dtype)
+        mask = mask.masked_fill(mask == 0, -9e15)
+        w_v = (w.view(b, h, n, t) + mask).view(b * h, n, t).softmax(dim=-1)
+        return (attn.out_v_proj(attn._merge(torch.bmm(w_v, val_l), b)),
+                attn.out_l_proj(attn._merge(torch.bmm(w_l, val_v), b)))
+
+    torch.manual_seed(0)
+    attn = BiMultiHeadAttention(32, 24, 64, 4).eval()
+    v = torch.randn(2, 700, 32, generator=gen)
+    for t in (9, 16, 40):  # 4 * 9 < 64 folded; 4 * 16 = 64 and 4 * 40 projected
+        l = torch.randn(2, t, 24, generator=gen)
+        text_mask = torch.ones(2, t, dtype=torch.long)
+        text_mask[1, t - 3 :] = 0
+        with torch.no_grad():
+            ref_v, ref_l = official(attn, v, l, text_mask)
+            out_v, out_l = attn(v, l, text_mask)
+            proj_v, proj_l = attn._forward_projected(v, l, text_mask)
+        assert torch.equal(proj_v, ref_v) and torch.equal(proj_l, ref_l)
+        torch.testing.assert_close(out_v, ref_v, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out_l, ref_l, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_training_deform_conv_gradients_match_torchvision(stride):
+    """The autograd DCN used for CPU training gives torchvision's outputs and gradients (float64)."""
+    from torchvision.ops import deform_conv2d
+
+    from glip_label.model.dcn import deform_conv2d_cpu_autograd
+
+    torch.manual_seed(stride)
+    h, w = 11, 14
+    ho, wo = (h + 2 - 3) // stride + 1, (w + 2 - 3) // stride + 1
+    x = torch.randn(2, 6, h, w, dtype=torch.float64, requires_grad=True)
+    offset = (torch.randn(2, 18, ho, wo, dtype=torch.float64) * 3).requires_grad_()
+    mask = torch.rand(2, 9, ho, wo, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(5, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    ref = deform_conv2d(x, offset, weight, bias, stride=stride, padding=1, mask=mask)
+    ours = deform_conv2d_cpu_autograd(x, offset, weight, bias, mask, stride=stride, padding=1)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+    upstream = torch.randn_like(ref)
+    for a, b in zip(torch.autograd.grad(ours, (x, offset, mask, weight, bias), upstream),
+                    torch.autograd.grad(ref, (x, offset, mask, weight, bias), upstream), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glip_label.model.dcn import ModulatedDeformConv
+from glip_label.model.fusion import transpose_contiguous
 
 CLAMP = 50000.0
 
@@ -18,6 +19,20 @@ CLAMP = 50000.0
 def h_sigmoid(x: torch.Tensor) -> torch.Tensor:
     # Official: ReLU6(x + 3) * (h_max / 6) with h_max = 1.
     return F.relu6(x + 3.0) * (1.0 / 6.0)
+
+
+def contiguous_nchw(x: torch.Tensor) -> torch.Tensor:
+    """An NCHW-contiguous copy of x (x itself if it is one), by a blocked transpose for channels-last layouts.
+
+    VLFuse hands DyConv its levels as channels-last views of one [B, N, C] tensor. At batch 1 conv2d makes a
+    slow strided NCHW copy of such a view (the offset conv then takes ~4x its time at P3), so converting it
+    first gives the same numbers faster; at batch > 1 conv2d took its channels-last algorithm instead, so
+    now every batch size computes the offsets as batch 1 does.
+    """
+    if x.is_contiguous():
+        return x
+    b, c, h, w = x.shape
+    return transpose_contiguous(x.permute(0, 2, 3, 1).reshape(b, h * w, c)).view(b, c, h, w)
 
 
 class Conv3x3Norm(nn.Module):
@@ -86,7 +101,7 @@ class DyConv(nn.Module):
     def forward(self, visual: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs = []
         for level, feature in enumerate(visual):
-            offset_mask = self.offset(feature)  # [B, 27, H, W]
+            offset_mask = self.offset(contiguous_nchw(feature))  # [B, 27, H, W]
             offset = offset_mask[:, :18]
             mask = offset_mask[:, 18:].sigmoid()
             terms = [self.DyConv[1](feature, offset, mask)]

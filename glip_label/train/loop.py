@@ -285,7 +285,9 @@ def build_optimizer(model: nn.Module, train_config: TrainConfig) -> torch.optim.
             weight_decay = train_config.bias_weight_decay
         groups.setdefault((lr, weight_decay), []).append(parameter)
     param_groups = [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
-    return torch.optim.AdamW(param_groups, lr=train_config.lr, weight_decay=train_config.weight_decay)
+    # foreach: one fused kernel per group instead of a Python loop over ~300 small tensors (CPU defaults to
+    # the loop, which made the optimizer step a sizeable share of a glip-tiny step).
+    return torch.optim.AdamW(param_groups, lr=train_config.lr, weight_decay=train_config.weight_decay, foreach=True)
 
 
 class ModelEma:
