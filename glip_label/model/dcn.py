@@ -69,6 +69,17 @@ def _make_base_grid(h: int, w: int, ho: int, wo: int, kh: int, kw: int, stride: 
     return torch.stack([gx, gy], dim=-1).reshape(kh * kw, ho, wo, 2)
 
 
+def _dcn_shapes(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> tuple[int, ...]:
+    """(B, C, H, W, Cout, K, Ho, Wo), refusing the layouts the CPU kernels do not implement."""
+    b, c, h, w = x.shape
+    cout, cin, kh, kw = weight.shape
+    k = kh * kw
+    ho, wo = offset.shape[-2:]
+    if cin != c or offset.shape[1] != 2 * k or mask.shape[1] != k:
+        raise ValueError("the CPU deformable conv supports one offset group and one weight group only")
+    return b, c, h, w, cout, k, ho, wo
+
+
 def deform_conv2d_cpu(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -89,12 +100,8 @@ def deform_conv2d_cpu(
     """
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, offset, weight, bias, mask)):
         raise RuntimeError("deform_conv2d_cpu is inference-only; use torchvision.ops.deform_conv2d for gradients")
-    b, c, h, w = x.shape
-    cout, cin, kh, kw = weight.shape
-    k = kh * kw
-    ho, wo = offset.shape[-2:]
-    if cin != c or offset.shape[1] != 2 * k or mask.shape[1] != k:
-        raise ValueError("deform_conv2d_cpu supports one offset group and one weight group only")
+    b, c, h, w, cout, k, ho, wo = _dcn_shapes(x, offset, weight, mask)
+    kh, kw = weight.shape[-2:]
     dtype = x.dtype
     # grid_sample(align_corners=False) maps g to the pixel ((g + 1) * size - 1) / 2 (valid for size 1 too,
     # unlike align_corners=True), so pixel p is g = p * 2 / size + 1 / size - 1: the tap's base position from
@@ -138,12 +145,8 @@ def deform_conv2d_cpu_autograd(
     through grid_sample and a batched matmul gives the same gradients several times faster. The
     whole batch is sampled at once, which is fine at training sizes.
     """
-    b, c, h, w = x.shape
-    cout, cin, kh, kw = weight.shape
-    k = kh * kw
-    ho, wo = offset.shape[-2:]
-    if cin != c or offset.shape[1] != 2 * k or mask.shape[1] != k:
-        raise ValueError("deform_conv2d_cpu_autograd supports one offset group and one weight group only")
+    b, c, h, w, cout, k, ho, wo = _dcn_shapes(x, offset, weight, mask)
+    kh, kw = weight.shape[-2:]
     dtype = x.dtype
     offset = offset.to(dtype).reshape(b, k, 2, ho, wo)
     base = _base_grid(h, w, ho, wo, kh, kw, stride, padding, dtype).to(x.device)  # [K, Ho, Wo, 2] as (x, y)

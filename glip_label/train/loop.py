@@ -31,7 +31,6 @@ import math
 import os
 import random
 import re
-import tempfile
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterator
@@ -47,7 +46,7 @@ from torch.utils.data import DataLoader
 
 from glip_label.config import GLIPConfig
 from glip_label.data.grounding import GroundingBatch, GroundingCollator, GroundingDataset, StepBatchSampler
-from glip_label.io import atomic_write_json, atomic_write_text
+from glip_label.io import atomic_open, atomic_write_json, atomic_write_text
 from glip_label.model.anchors import grid_anchors
 from glip_label.model.box_coder import BoxCoder
 from glip_label.model.glip import GLIP
@@ -428,17 +427,8 @@ def _seed_everything(seed: int) -> None:
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file in the same folder, fsync, rename: a kill never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
 
 
 def list_checkpoints(out_dir: str | Path) -> list[tuple[int, Path]]:
