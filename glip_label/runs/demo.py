@@ -29,9 +29,6 @@ from glip_label.io import atomic_write_json
 
 log = logging.getLogger(__name__)
 
-TEACHER_METRICS = ("ap", "ap50", "ap_base", "ap_novel", "recall_at_1", "recall_at_5")
-
-
 @dataclass
 class DemoOptions:
     """Sizes and budgets of the demo; the defaults are the full demo (minutes on 2 CPU cores)."""
@@ -63,7 +60,7 @@ def _student_config(image_size: int):
     return get_preset("glip-tiny").replace(min_size_test=image_size, max_size_test=max(image_size, 256))
 
 
-def _evaluate(model_path: Path, world, image_size: int, progress: bool) -> dict[str, Any]:
+def _evaluate(model_path: Path, world, progress: bool) -> dict[str, Any]:
     from glip_label.predictor import load_model
     from glip_label.train.evaluate import evaluate_detection, evaluate_grounding
 
@@ -122,8 +119,8 @@ def run_demo(options: DemoOptions, on_stage: Callable[[str], None] | None = None
     world = timed("world", lambda: generate_world(out / "world", world_config))
     # The text encoder starts from random weights here (no BERT download), so it learns at the full rate.
     common = dict(config=config, batch_size=options.batch_size, lr=options.lr, lang_lr=options.lr,
-                  scales=None, seed=options.seed, progress=options.progress, checkpoint_every=10_000,
-                  keep_checkpoints=1, warmup_steps=None)  # fmt: skip
+                  seed=options.seed, progress=options.progress, checkpoint_every=10_000,
+                  keep_checkpoints=1)  # fmt: skip
     gold = [str(world.gold_coco), str(world.gold_mdetr)]
 
     timed("teacher", lambda: train_student(TrainStudentOptions(
@@ -143,10 +140,8 @@ def run_demo(options: DemoOptions, on_stage: Callable[[str], None] | None = None
     student = out / "student" / "model_final.pth"
 
     metrics: dict[str, Any] = {"seed": options.seed}
-    metrics["teacher"] = timed("evaluate_teacher", lambda: _evaluate(teacher, world, options.image_size,
-                                                                     options.progress))
-    metrics["student"] = timed("evaluate_student", lambda: _evaluate(student, world, options.image_size,
-                                                                     options.progress))
+    metrics["teacher"] = timed("evaluate_teacher", lambda: _evaluate(teacher, world, options.progress))
+    metrics["student"] = timed("evaluate_student", lambda: _evaluate(student, world, options.progress))
     if options.vis_images:
         timed("pictures", lambda: {
             "teacher": _draw(teacher, world, out / "vis" / "teacher", options.vis_images),

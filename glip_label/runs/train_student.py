@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,6 @@ class TrainStudentOptions:
     num_workers: int = 0
     eval_batch_size: int = 1
     progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self) -> TrainConfig:
         return TrainConfig(
