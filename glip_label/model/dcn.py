@@ -80,6 +80,15 @@ def _dcn_shapes(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, mas
     return b, c, h, w, cout, k, ho, wo
 
 
+def _sampling_grid(offset: torch.Tensor, h: int, w: int, kh: int, kw: int, stride: int, padding: int) -> torch.Tensor:
+    """grid_sample coordinates of every tap: offset [B, K, 2, Ho, Wo] (dy, dx) -> [B, K*Ho, Wo, 2] as (x, y)."""
+    b, k, _, ho, wo = offset.shape
+    base = _base_grid(h, w, ho, wo, kh, kw, stride, padding, offset.dtype).to(offset.device)  # [K, Ho, Wo, 2]
+    grid_x = torch.add(base[..., 0], offset[:, :, 1], alpha=2.0 / w)
+    grid_y = torch.add(base[..., 1], offset[:, :, 0], alpha=2.0 / h)
+    return torch.stack([grid_x, grid_y], dim=-1).view(b, k * ho, wo, 2)
+
+
 def deform_conv2d_cpu(
     x: torch.Tensor,
     offset: torch.Tensor,
@@ -107,11 +116,7 @@ def deform_conv2d_cpu(
     # unlike align_corners=True), so pixel p is g = p * 2 / size + 1 / size - 1: the tap's base position from
     # the cache plus the offset times 2 / size.
     offset = offset.to(dtype).reshape(b, k, 2, ho, wo)
-    base = _base_grid(h, w, ho, wo, kh, kw, stride, padding, dtype).to(x.device)  # [K, Ho, Wo, 2] as (x, y)
-    grid = torch.empty(b, k, ho, wo, 2, dtype=dtype, device=x.device)
-    torch.add(base[..., 0], offset[:, :, 1], alpha=2.0 / w, out=grid[..., 0])
-    torch.add(base[..., 1], offset[:, :, 0], alpha=2.0 / h, out=grid[..., 1])
-    grid = grid.view(b, k * ho, wo, 2)
+    grid = _sampling_grid(offset, h, w, kh, kw, stride, padding)  # [B, K*Ho, Wo, 2]
     mask = mask.to(dtype).reshape(b, 1, k, ho * wo)
     w_mat = weight.reshape(cout, c * k)  # column order (c, ky, kx), as the im2col rows below
     bias_col = None if bias is None else bias.reshape(cout, 1)
@@ -149,9 +154,7 @@ def deform_conv2d_cpu_autograd(
     kh, kw = weight.shape[-2:]
     dtype = x.dtype
     offset = offset.to(dtype).reshape(b, k, 2, ho, wo)
-    base = _base_grid(h, w, ho, wo, kh, kw, stride, padding, dtype).to(x.device)  # [K, Ho, Wo, 2] as (x, y)
-    grid = torch.stack([base[..., 0] + offset[:, :, 1] * (2.0 / w), base[..., 1] + offset[:, :, 0] * (2.0 / h)],
-                       dim=-1).view(b, k * ho, wo, 2)
+    grid = _sampling_grid(offset, h, w, kh, kw, stride, padding)  # [B, K*Ho, Wo, 2]
     cols = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)  # [B, C, K*Ho, Wo]
     cols = (cols.view(b, c, k, ho * wo) * mask.to(dtype).reshape(b, 1, k, ho * wo)).reshape(b, c * k, ho * wo)
     out = torch.matmul(weight.reshape(cout, c * k), cols)  # [B, Cout, Ho*Wo]
