@@ -299,6 +299,11 @@ def train_student(
                                 ] = 0.5,
     pseudo_min_box_size: Annotated[float, typer.Option(help="Drop pseudo boxes narrower or shorter than this many "
                                                        "pixels.")] = 4.0,
+    pseudo_min_margin: Annotated[float | None, typer.Option(
+        help="Keep only each phrase's best pseudo box, and only if it beats the phrase's best box on another "
+             "object by this margin and no other phrase scores higher on it (e.g. 0.1; off by default); captions "
+             "are cut to the kept phrases. Fewer, surer boxes: what a student needs to learn words the "
+             "teacher's gold data never had.")] = None,
     gold_weight: Annotated[float, typer.Option(help="Copies of each gold file per epoch.")] = 1.0,
     pseudo_weight: Annotated[float, typer.Option(help="Copies of each pseudo file per epoch (fractions sample).")
                              ] = 1.0,
@@ -325,7 +330,8 @@ def train_student(
         backbone_pretrained=backbone_pretrained, tune=tune, max_steps=max_steps, batch_size=batch_size, lr=lr,
         lang_lr=lang_lr, weight_decay=weight_decay, warmup_steps=warmup_steps, amp=amp, ema_decay=ema_decay,
         checkpoint_every=checkpoint_every, pseudo_min_score=pseudo_min_score,
-        pseudo_min_box_size=pseudo_min_box_size, gold_weight=gold_weight, pseudo_weight=pseudo_weight,
+        pseudo_min_box_size=pseudo_min_box_size, pseudo_min_margin=pseudo_min_margin,
+        gold_weight=gold_weight, pseudo_weight=pseudo_weight,
         scales=_parse_scales(scales), flip_prob=flip_prob, seed=seed, resume=resume, deterministic=deterministic,
         device=device, num_workers=workers,
     )

@@ -12,14 +12,17 @@ from PIL import Image
 
 from glip_label.config import get_preset
 from glip_label.data.grounding import (
+    BoxFilter,
     GroundingCollator,
     GroundingDataset,
     MixedSampler,
     SampleKey,
     StepBatchSampler,
     caption_positive_map,
+    confident_groundings,
     detect_format,
     detection_prompt,
+    kept_phrases_caption,
     load_samples,
     load_source,
     parse_data_arg,
@@ -144,6 +147,56 @@ def test_pseudo_boxes_filtered_by_score_and_size_gold_kept(tmp_path):
     assert grounding.caption == CAPTION
     assert grounding.spans == [[MAN], [DOG]]  # the 0.45 box went, the unscored (gold) box stayed
     assert np.isnan(grounding.scores[1]) and grounding.scores[0] == pytest.approx(0.8)
+
+
+def test_confident_groundings_keep_each_phrase_best_box_when_it_is_unambiguous():
+    obj1, obj1_again, obj2, obj3 = [10, 10, 50, 50], [11, 10, 50, 51], [60, 60, 90, 90], [0, 60, 30, 90]
+    boxes = np.array([
+        obj1, obj2,           # "a red star": 0.80 on obj1, 0.60 on obj2 -> margin 0.2, kept on obj1
+        obj2, obj3,           # "a cat": 0.70 vs 0.65 elsewhere -> margin 0.05 < 0.1, dropped
+        obj1_again,           # "a dog": 0.75 on obj1, but "a red star" claims obj1 with 0.80 -> dropped
+        obj3, obj1,           # "two birds": best 0.9 on obj3 kept, its second box goes with the rest
+    ], dtype=np.float64)
+    scores = np.array([0.80, 0.60, 0.70, 0.65, 0.75, 0.90, 0.30])
+    keys = ["star", "star", "cat", "cat", "dog", "birds", "birds"]
+    assert confident_groundings(boxes, scores, keys, 0.1).tolist() == [True, False, False, False, False, True, False]
+    # margin 0: every phrase's best box that no other phrase outscores on the same object
+    assert confident_groundings(boxes, scores, keys, 0.0).tolist() == [True, False, True, False, False, True, False]
+    # gold boxes (no score) pass BoxFilter untouched and take no part in the comparison
+    with_gold = np.append(scores, np.nan)
+    kept_boxes, keep = BoxFilter(min_score=0.5, min_margin=0.1).keep(
+        np.vstack([boxes, [obj1]]), with_gold, keys + ["gold"], 100, 100
+    )
+    assert keep.tolist() == [True, False, False, False, False, True, False, True]
+    assert len(kept_boxes) == 3
+
+
+def test_pseudo_min_margin_applies_to_grounding_files(tmp_path):
+    man, dog = [4, 4, 30, 40], [34, 20, 60, 44]
+    regions = [
+        {"bbox": man, "tokens_positive": [list(MAN)], "score": 0.8},
+        {"bbox": dog, "tokens_positive": [list(MAN)], "score": 0.6},   # "A man" 0.2 ahead of its other box
+        {"bbox": dog, "tokens_positive": [list(DOG)], "score": 0.7},
+        {"bbox": man, "tokens_positive": [list(DOG)], "score": 0.65},  # "dog" only 0.05 ahead: dropped
+    ]
+    odvg = tmp_path / "vg.jsonl"
+    atomic_write_jsonl(odvg, [odvg_grounding_record("g.png", 64, 48, CAPTION, regions)])
+    writer = MdetrWriter()
+    writer.add("g.png", 64, 48, CAPTION, regions)
+    atomic_write_json(tmp_path / "m.json", writer.to_dict(), indent=None)
+    for path in (odvg, tmp_path / "m.json"):
+        assert len(load_samples(path, min_score=0.5)[0].boxes) == 4
+        (sample,) = load_source(path, min_score=0.5, min_margin=0.1).samples
+        # "dog" lost its boxes, so the caption is cut to the kept phrase: "dog" is not trained as absent
+        assert (sample.caption, sample.spans) == ("A man", [[MAN]])
+        np.testing.assert_allclose(sample.boxes, [man])
+
+
+def test_kept_phrases_caption_lists_the_phrases_in_caption_order():
+    caption = "a small star next to a red ring and a blue circle."
+    text, spans = kept_phrases_caption(caption, [[(21, 31)], [(0, 12)], [(21, 31)], [(0, 1), (8, 12)]])
+    assert text == "a star. a small star. a red ring"  # ordered by where each phrase starts
+    assert [text[s[0][0]:s[0][1]] for s in spans] == ["a red ring", "a small star", "a red ring", "a star"]
 
 
 def test_odvg_detection_and_mdetr_variants(tmp_path):

@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
+from torchvision.ops import box_iou
 
 from glip_label.config import GLIPConfig
 from glip_label.data.images import ImageError, load_image
@@ -197,22 +198,87 @@ def _score_array(scores: list[float | None]) -> np.ndarray | None:
     return np.array([np.nan if s is None else float(s) for s in scores], dtype=np.float64)
 
 
-def _filter_boxes(
-    boxes: np.ndarray, scores: np.ndarray | None, width: int, height: int, min_score: float, min_box_size: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Clip to the image ("+1": [0, w-1]) and keep boxes that are big enough and, if scored, confident enough.
+@dataclass(frozen=True)
+class BoxFilter:
+    """Which boxes of a training file are trained on.
 
-    Size is the "+1" width/height (COCO's w = x2 - x1 + 1), so a one-pixel box has size 1.
-    Returns (clipped boxes [G, 4], keep mask [G_in]).
+    min_score: boxes with a score (pseudo labels) below it are dropped; gold boxes have none.
+    min_box_size: boxes whose "+1" width or height is below it (after clipping) are dropped.
+    min_margin: None keeps every scored box that passes min_score. A number keeps, for each phrase (or
+      category) of an image, only its best-scoring box, and only when (a) it beats the phrase's best box
+      on another object (IoU < 0.3) by at least min_margin and (b) no other phrase scores higher on the
+      same object (IoU >= 0.7). A teacher that spreads a phrase over several objects, or that gives an
+      object to two phrases, is guessing; dropping such groundings trades pseudo boxes for precision,
+      which is what a student learning a word it has never seen from the teacher needs most.
+      It also drops the extra boxes of plural phrases ("two dogs"), so it suits object-level captions.
+      A caption whose phrases lost all their boxes is cut to the kept phrases (`kept_phrases_caption`).
     """
-    boxes = boxes.copy()
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width - 1)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height - 1)
-    sizes = np.minimum(boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1)
-    keep = np.isfinite(boxes).all(axis=1) & (sizes >= min_box_size)
-    if scores is not None:
-        keep &= np.isnan(scores) | (scores >= min_score)
-    return boxes[keep], keep
+
+    min_score: float = 0.5
+    min_box_size: float = 1.0
+    min_margin: float | None = None
+
+    def keep(self, boxes: np.ndarray, scores: np.ndarray | None, keys: Sequence[Any], width: int,
+             height: int) -> tuple[np.ndarray, np.ndarray]:
+        """Clip to the image ("+1": [0, w-1]) and select. Returns (clipped boxes [G, 4], keep mask [G_in]).
+
+        keys: one hashable per box naming its phrase (spans) or category, for min_margin.
+        Size is the "+1" width/height (COCO's w = x2 - x1 + 1), so a one-pixel box has size 1.
+        """
+        boxes = boxes.copy()
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width - 1)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height - 1)
+        sizes = np.minimum(boxes[:, 2] - boxes[:, 0] + 1, boxes[:, 3] - boxes[:, 1] + 1)
+        keep = np.isfinite(boxes).all(axis=1) & (sizes >= self.min_box_size)
+        if scores is not None:
+            keep &= np.isnan(scores) | (scores >= self.min_score)
+            if self.min_margin is not None:
+                keep &= np.isnan(scores) | confident_groundings(boxes, scores, keys, self.min_margin)
+        return boxes[keep], keep
+
+
+def confident_groundings(boxes: np.ndarray, scores: np.ndarray, keys: Sequence[Any], min_margin: float,
+                         other_object_iou: float = 0.3, same_object_iou: float = 0.7) -> np.ndarray:
+    """Mask of the boxes that `BoxFilter.min_margin` keeps (see there); boxes without a score are never kept.
+
+    boxes [G, 4] xyxy, scores [G] (NaN for unscored), keys: G hashables (the phrase of each box).
+    """
+    keep = np.zeros(len(boxes), dtype=bool)
+    scored = np.flatnonzero(~np.isnan(scores))
+    if len(scored) == 0:
+        return keep
+    iou = box_iou(torch.from_numpy(boxes[scored]), torch.from_numpy(boxes[scored])).numpy()
+    local_keys = [keys[i] for i in scored]
+    local_scores = scores[scored]
+    for key in dict.fromkeys(local_keys):
+        mine = np.array([k == key for k in local_keys])
+        best = int(np.flatnonzero(mine)[np.argmax(local_scores[mine])])
+        elsewhere = mine & (iou[best] < other_object_iou)
+        runner_up = local_scores[elsewhere].max() if elsewhere.any() else 0.0
+        rivals = ~mine & (iou[best] >= same_object_iou)
+        rival = local_scores[rivals].max() if rivals.any() else -np.inf
+        if local_scores[best] - runner_up >= min_margin and local_scores[best] > rival:
+            keep[scored[best]] = True
+    return keep
+
+
+def kept_phrases_caption(caption: str, box_spans: list[list[Span]]) -> tuple[str, list[list[Span]]]:
+    """A caption of only the given phrases ("a red star. a ring"), and each box's span in it.
+
+    Why: a phrase whose pseudo boxes were all dropped would stay in the caption with no box, and GLIP's
+    token loss would then teach that nothing in the image is "a blue circle" -- including the blue
+    circle the teacher was merely unsure about. Cutting the caption to the kept phrases (the way a
+    detection prompt lists only the classes it has labels or negatives for) avoids these false negatives.
+    """
+    phrases = sorted({tuple(map(tuple, s)) for s in box_spans}, key=lambda spans: spans[0] if spans else (0, 0))
+    text, where = "", {}
+    for spans in phrases:
+        if text:
+            text += ". "
+        phrase = " ".join(caption[start:end] for start, end in spans)
+        where[spans] = [(len(text), len(text) + len(phrase))]
+        text += phrase
+    return text, [list(where[tuple(map(tuple, s))]) for s in box_spans]
 
 
 def _count(stats: dict[str, int], key: str, n: int = 1) -> None:
@@ -230,32 +296,38 @@ def _finish_sample(
     categories: list[str] | None,
     scores: list[float | None],
     source: str,
-    min_score: float,
-    min_box_size: float,
+    box_filter: BoxFilter,
     keep_empty: bool,
 ) -> GroundingSample | None:
     score_array = _score_array(scores)
-    kept_boxes, keep = _filter_boxes(boxes, score_array, width, height, min_score, min_box_size)
+    keys = [tuple(map(tuple, s)) for s in spans] if categories is None else list(categories)
+    kept_boxes, keep = box_filter.keep(boxes, score_array, keys, width, height)
     _count(stats, "boxes_read", len(keep))
     _count(stats, "boxes_dropped", int((~keep).sum()))
     if len(kept_boxes) == 0 and not keep_empty:
         _count(stats, "images_dropped_no_boxes")
         return None
     index = np.flatnonzero(keep)
+    kept_spans = [spans[i] for i in index]
+    if caption is not None and box_filter.min_margin is not None and score_array is not None:
+        dropped = {tuple(map(tuple, spans[i])) for i in np.flatnonzero(~keep)}
+        if dropped - {tuple(map(tuple, s)) for s in kept_spans}:
+            caption, kept_spans = kept_phrases_caption(caption, kept_spans)
+            _count(stats, "captions_cut_to_kept_phrases")
     return GroundingSample(
         image_path=image_path,
         width=width,
         height=height,
         caption=caption,
         boxes=kept_boxes,
-        spans=[spans[i] for i in index],
+        spans=kept_spans,
         categories=None if categories is None else [categories[i] for i in index],
         scores=None if score_array is None else score_array[keep],
         source=source,
     )
 
 
-def _load_coco(data: dict, root: Path, name: str, min_score: float, min_box_size: float, stats: dict):
+def _load_coco(data: dict, root: Path, name: str, box_filter: BoxFilter, stats: dict):
     data = normalize_coco(data)
     cats = sorted(data["categories"], key=lambda c: c["id"])
     names = [str(c["name"]) for c in cats]
@@ -279,14 +351,14 @@ def _load_coco(data: dict, root: Path, name: str, min_score: float, min_box_size
         sample = _finish_sample(
             stats, root / img["file_name"], int(img["width"]), int(img["height"]), None,
             xywh_to_xyxy(_as_boxes([a["bbox"] for a in anns])), [[] for _ in anns], categories,
-            [a.get("score") for a in anns], name, min_score, min_box_size, keep_empty=not pseudo,
+            [a.get("score") for a in anns], name, box_filter, keep_empty=not pseudo,
         )  # fmt: skip
         if sample is not None:
             samples.append(sample)
     return samples, names
 
 
-def _load_mdetr(data: dict, root: Path, name: str, min_score: float, min_box_size: float, stats: dict):
+def _load_mdetr(data: dict, root: Path, name: str, box_filter: BoxFilter, stats: dict):
     data = normalize_mdetr(data)
     by_image: dict[Any, list[dict]] = {img["id"]: [] for img in data["images"]}
     for ann in data["annotations"]:
@@ -298,14 +370,14 @@ def _load_mdetr(data: dict, root: Path, name: str, min_score: float, min_box_siz
         sample = _finish_sample(
             stats, root / img["file_name"], int(img["width"]), int(img["height"]), img["caption"],
             xywh_to_xyxy(_as_boxes([a["bbox"] for a in anns])), spans, None,
-            [a.get("score") for a in anns], name, min_score, min_box_size, keep_empty=False,
+            [a.get("score") for a in anns], name, box_filter, keep_empty=False,
         )  # fmt: skip
         if sample is not None:
             samples.append(sample)
     return samples
 
 
-def _load_odvg_grounding(path: Path, root: Path, name: str, min_score: float, min_box_size: float, stats: dict):
+def _load_odvg_grounding(path: Path, root: Path, name: str, box_filter: BoxFilter, stats: dict):
     samples = []
     for line_no, rec in enumerate(read_odvg(path), start=1):
         where = f"{path}:{line_no}"
@@ -326,7 +398,7 @@ def _load_odvg_grounding(path: Path, root: Path, name: str, min_score: float, mi
         sample = _finish_sample(
             stats, root / rec["filename"], coerce_int(rec["width"], f"{where} width"),
             coerce_int(rec["height"], f"{where} height"), caption, _as_boxes(boxes), spans, None, scores,
-            name, min_score, min_box_size, keep_empty=False,
+            name, box_filter, keep_empty=False,
         )  # fmt: skip
         if sample is not None:
             samples.append(sample)
@@ -337,8 +409,7 @@ def _load_odvg_detection(
     path: Path,
     root: Path,
     name: str,
-    min_score: float,
-    min_box_size: float,
+    box_filter: BoxFilter,
     stats: dict,
     label_map: dict[str, str] | None,
 ):
@@ -370,7 +441,7 @@ def _load_odvg_detection(
         sample = _finish_sample(
             stats, root / rec["filename"], coerce_int(rec["width"], f"{where} width"),
             coerce_int(rec["height"], f"{where} height"), None, _as_boxes(boxes), [[] for _ in boxes],
-            categories, scores, name, min_score, min_box_size, keep_empty=not pseudo,
+            categories, scores, name, box_filter, keep_empty=not pseudo,
         )  # fmt: skip
         if sample is not None:
             samples.append(sample)
@@ -412,6 +483,7 @@ def load_source(
     weight: float = 1.0,
     name: str | None = None,
     label_map: dict[str, str] | str | Path | None = None,
+    min_margin: float | None = None,
 ) -> GroundingSource:
     """Read one training file (any of the four formats) into a `GroundingSource`.
 
@@ -419,6 +491,7 @@ def load_source(
     min_score: pseudo boxes (those with a score) below it are dropped (the paper keeps > 0.5).
     min_box_size: boxes whose "+1" width or height is below it are dropped (after clipping).
     label_map: ODVG detection label map (dict or json path) for records without "category".
+    min_margin: keep only confident groundings of pseudo boxes (see `BoxFilter`).
     Grounding samples left without boxes are dropped; detection images are dropped only when they
     come from a pseudo-label file (their emptiness is a teacher miss, not a verified negative).
     """
@@ -437,18 +510,19 @@ def load_source(
         with open(label_map, encoding="utf-8") as fh:
             label_map = json.load(fh)
     source_name = name or file_path.name
+    box_filter = BoxFilter(min_score, min_box_size, min_margin)
     fmt, data = _sniff(file_path)
     stats: dict[str, int] = {}
     categories: list[str] | None = None
     if fmt == "coco":
-        samples, categories = _load_coco(data, base, source_name, min_score, min_box_size, stats)
+        samples, categories = _load_coco(data, base, source_name, box_filter, stats)
     elif fmt == "mdetr":
-        samples = _load_mdetr(data, base, source_name, min_score, min_box_size, stats)
+        samples = _load_mdetr(data, base, source_name, box_filter, stats)
     elif fmt == "odvg-grounding":
-        samples = _load_odvg_grounding(file_path, base, source_name, min_score, min_box_size, stats)
+        samples = _load_odvg_grounding(file_path, base, source_name, box_filter, stats)
     else:
         samples, categories = _load_odvg_detection(
-            file_path, base, source_name, min_score, min_box_size, stats, label_map
+            file_path, base, source_name, box_filter, stats, label_map
         )
     stats["images"] = len(samples)
     log.info("%s (%s): %d images, %s", file_path, fmt, len(samples), stats)

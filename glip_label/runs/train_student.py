@@ -39,8 +39,10 @@ class TrainStudentOptions:
 
     gold / pseudo: data files ("FILE" or "FILE@ROOT"), any format `detect_format` knows. Boxes with a
     score (pseudo labels) are kept when score >= pseudo_min_score; pseudo boxes smaller than
-    pseudo_min_box_size (either side, pixels) are dropped. gold_weight / pseudo_weight: copies of each
-    file per epoch, so a small gold set can be seen as often as a large pseudo set.
+    pseudo_min_box_size (either side, pixels) are dropped. pseudo_min_margin: keep only each phrase's
+    best pseudo box, when it is a confident grounding (see `glip_label.data.grounding.BoxFilter`).
+    gold_weight / pseudo_weight: copies of each file per epoch, so a small gold set can be seen as often
+    as a large pseudo set.
     val: COCO detection files (box AP) and/or MDETR-style grounding files (Recall@k).
     config: the student's preset or official yaml, unless `init` (a checkpoint or hub preset whose
     weights the student starts from) brings its own; backbone: a timm model replacing Swin.
@@ -71,6 +73,7 @@ class TrainStudentOptions:
     log_every: int = 20
     pseudo_min_score: float = 0.5
     pseudo_min_box_size: float = 4.0
+    pseudo_min_margin: float | None = None
     gold_weight: float = 1.0
     pseudo_weight: float = 1.0
     scales: tuple[int, ...] | None = None
@@ -121,7 +124,8 @@ def load_sources(options: TrainStudentOptions) -> list[GroundingSource]:
                                    name=f"gold:{parse_data_arg(spec)[0].name}"))
     for spec in options.pseudo:
         sources.append(load_source(spec, min_score=options.pseudo_min_score, min_box_size=options.pseudo_min_box_size,
-                                   weight=options.pseudo_weight, name=f"pseudo:{parse_data_arg(spec)[0].name}"))
+                                   weight=options.pseudo_weight, name=f"pseudo:{parse_data_arg(spec)[0].name}",
+                                   min_margin=options.pseudo_min_margin))
     for source in sources:
         if not source.samples:
             raise ValueError(f"{source.path}: no usable training image (stats: {source.stats}); with pseudo labels, "
