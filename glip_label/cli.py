@@ -382,7 +382,7 @@ def evaluate(
 
 @app.command(
     epilog="Examples:\n\n"
-    "  glip-label demo                      (the full loop, a few minutes on a laptop CPU)\n\n"
+    "  glip-label demo                      (the full loop, about 15 minutes on 2 CPU cores)\n\n"
     "  glip-label demo --seed 1 --out runs/demo-1\n\n"
     "  glip-label demo --quick              (a smaller world and a few steps: checks that everything runs)",
 )
