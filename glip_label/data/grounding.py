@@ -309,11 +309,10 @@ def _finish_sample(
         return None
     index = np.flatnonzero(keep)
     kept_spans = [spans[i] for i in index]
-    if caption is not None and box_filter.min_margin is not None and score_array is not None:
-        dropped = {tuple(map(tuple, spans[i])) for i in np.flatnonzero(~keep)}
-        if dropped - {tuple(map(tuple, s)) for s in kept_spans}:
-            caption, kept_spans = kept_phrases_caption(caption, kept_spans)
-            _count(stats, "captions_cut_to_kept_phrases")
+    lost_a_phrase = bool({keys[i] for i in np.flatnonzero(~keep)} - {keys[i] for i in index})
+    if caption is not None and box_filter.min_margin is not None and score_array is not None and lost_a_phrase:
+        caption, kept_spans = kept_phrases_caption(caption, kept_spans)
+        _count(stats, "captions_cut_to_kept_phrases")
     return GroundingSample(
         image_path=image_path,
         width=width,
