@@ -159,23 +159,24 @@ def run_demo(options: DemoOptions, on_stage: Callable[[str], None] | None = None
             "teacher": _draw(teacher, world, out / "vis" / "teacher", options.vis_images),
             "student": _draw(student, world, out / "vis" / "student", options.vis_images),
         })  # fmt: skip
-    metrics["pseudo"] = _pseudo_summary(out / "pseudo", options)
+    metrics["pseudo"] = _pseudo_summary(out / "pseudo", out / "student")
     metrics["seconds"] = {**seconds, "total": round(sum(seconds.values()), 2)}
     metrics["options"] = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(options).items()}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 
-def _pseudo_summary(folder: Path, options: DemoOptions) -> dict[str, Any]:
-    """How much the teacher labelled: pairs grounded, boxes, and the boxes the student trained on."""
-    from glip_label.data.grounding import load_source
-    from glip_label.runs.train_student import TrainStudentOptions
+def _pseudo_summary(pseudo_dir: Path, student_dir: Path) -> dict[str, Any]:
+    """How much the teacher labelled (pairs grounded, boxes) and how much of it the student trained on.
 
-    run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
-    source = load_source(folder / "grounding.odvg.jsonl", min_score=options.pseudo_min_score,
-                         min_box_size=TrainStudentOptions.pseudo_min_box_size, min_margin=options.pseudo_min_margin)
-    kept = source.stats.get("boxes_read", 0) - source.stats.get("boxes_dropped", 0)
-    return {**run["counts"], "boxes_kept_for_student": kept, "images_kept_for_student": len(source.samples)}
+    The student's share comes from the data stats `train_student` recorded in its metrics.json, so it is
+    what the student's own filters kept, not a recount.
+    """
+    run = json.loads((pseudo_dir / "run.json").read_text(encoding="utf-8"))
+    student = json.loads((student_dir / "metrics.json").read_text(encoding="utf-8"))
+    (source,) = [s for s in student["data"]["sources"] if s["name"].startswith("pseudo:")]
+    kept = source["stats"].get("boxes_read", 0) - source["stats"].get("boxes_dropped", 0)
+    return {**run["counts"], "boxes_kept_for_student": kept, "images_kept_for_student": source["images"]}
 
 
 __all__ = ["DemoOptions", "run_demo"]
