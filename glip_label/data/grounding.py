@@ -309,8 +309,8 @@ def _finish_sample(
         return None
     index = np.flatnonzero(keep)
     kept_spans = [spans[i] for i in index]
-    lost_a_phrase = bool({keys[i] for i in np.flatnonzero(~keep)} - {keys[i] for i in index})
-    if caption is not None and box_filter.min_margin is not None and score_array is not None and lost_a_phrase:
+    margin_on_caption = caption is not None and box_filter.min_margin is not None and score_array is not None
+    if margin_on_caption and {keys[i] for i in np.flatnonzero(~keep)} - {keys[i] for i in index}:  # lost a phrase
         caption, kept_spans = kept_phrases_caption(caption, kept_spans)
         _count(stats, "captions_cut_to_kept_phrases")
     return GroundingSample(
