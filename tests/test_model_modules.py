@@ -164,10 +164,15 @@ def test_fast_deform_conv_matches_torchvision():
         dcn.FAST_CPU_DCN = True
 
 
-def test_fusion_fast_paths_match_official_formulation():
+@pytest.mark.parametrize("chunk_elements", [1 << 20, 100])
+def test_fusion_fast_paths_match_official_formulation(monkeypatch, chunk_elements):
     """VLFuse's in-place softmaxes and blocked transpose give the official op sequence's numbers bit for bit,
-    and the folded short-prompt path equals the projected one up to float round-off."""
+    and the folded short-prompt path (at inference: in blocks of visual positions, one block or 11 here)
+    equals the projected one up to float round-off."""
+    from glip_label.model import fusion
     from glip_label.model.fusion import CLAMP, BiMultiHeadAttention, transpose_contiguous
+
+    monkeypatch.setattr(fusion, "CHUNK_ELEMENTS", chunk_elements)
 
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 1300, 37, generator=gen)
@@ -202,6 +207,9 @@ def test_fusion_fast_paths_match_official_formulation():
         assert torch.equal(proj_v, ref_v) and torch.equal(proj_l, ref_l)
         torch.testing.assert_close(out_v, ref_v, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(out_l, ref_l, rtol=1e-5, atol=1e-5)
+        train_v, train_l = attn(v.clone().requires_grad_(), l, text_mask)  # training: the unblocked folded path
+        torch.testing.assert_close(train_v.detach(), ref_v, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(train_l.detach(), ref_l, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

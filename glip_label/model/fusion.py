@@ -13,6 +13,10 @@ from torch import nn
 
 CLAMP = 50000.0
 TRANSPOSE_ROWS = 512
+# Inference blocks of the folded attention: about this many logits per block (4 MB in fp32; see
+# benchmarks/README.md for the sizes tried), at least CHUNK_MIN_ROWS visual positions.
+CHUNK_ELEMENTS = 1 << 20
+CHUNK_MIN_ROWS = 64
 
 
 def transpose_contiguous(x: torch.Tensor, rows: int = TRANSPOSE_ROWS) -> torch.Tensor:
@@ -71,17 +75,61 @@ class BiMultiHeadAttention(nn.Module):
         logits [B*h, N, T] (heads_first) or [B, N, h*T] -> (image-side probs over T, in the layout of `logits`;
         text-side probs over N, [B*h, T, N] or [B, h*T, N]).
         """
-        n, t = logits.shape[1], logits.shape[2] if heads_first else logits.shape[2] // self.num_heads
         logits = logits.clamp_(-CLAMP, CLAMP)
         # Text side, officially: x - max(x) over N, clamped to +-50000, softmax. softmax subtracts the same row
         # maximum itself and exp() of anything under -50000 is 0 either way, so the softmax of the clamped
         # logits alone is bit-identical and saves two passes over the [heads, N, T] logits.
         probs_l = transpose_contiguous(logits).softmax(dim=-1)
+        return self._image_side_softmax(logits, text_mask, batch, heads_first), probs_l
+
+    def _image_side_softmax(
+        self, logits: torch.Tensor, text_mask: torch.Tensor | None, batch: int, heads_first: bool
+    ) -> torch.Tensor:
+        """Softmax over each head's T tokens of the clamped logits, PAD tokens masked (in place on `logits`)."""
+        n, t = logits.shape[1], logits.shape[2] if heads_first else logits.shape[2] // self.num_heads
         by_head = logits.view(batch, self.num_heads, n, t) if heads_first else logits.view(batch, n, self.num_heads, t)
         if text_mask is not None:
             mask = text_mask[:, None, None, :].to(logits.dtype)  # [B, 1, 1, T]: 1 valid, 0 PAD
             by_head.add_(mask.masked_fill(mask == 0, -9e15))
-        return by_head.softmax(dim=-1).view(logits.shape), probs_l
+        return by_head.softmax(dim=-1).view(logits.shape)
+
+    def _attend_in_chunks(
+        self, visual: torch.Tensor, fold_q: torch.Tensor, bias_q: torch.Tensor, fold_v: torch.Tensor,
+        text_mask: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The folded attention for inference, a block of visual positions at a time: (out_v [B, N, Cv], pooled
+        [B, h*T, Cv], the text side's softmax-over-N-weighted sum of `visual`).
+
+        Why: at 800x1200 with 80 classes the [N, h*T] logits are 124 MB, and the clamp, both softmaxes and the
+        text side's transpose each stream them through memory. A block of CHUNK_ELEMENTS logits stays in cache
+        from its GEMM to the next. The image side (softmax over each row's tokens) is per row anyway; the text
+        side (softmax over all N positions) is accumulated online as in FlashAttention: a running column
+        maximum, the sum of exp(logit - maximum) and the weighted sum of visual rows, rescaled whenever the
+        maximum grows. Equal to the unblocked maths up to float round-off.
+        """
+        b, n, cv = visual.shape
+        columns = fold_q.shape[-1]  # h*T
+        rows = max(CHUNK_MIN_ROWS, CHUNK_ELEMENTS // columns)
+        out_v = visual.new_empty(b, n, cv)
+        pooled = visual.new_zeros(b, columns, cv)
+        for i in range(b):
+            image_mask = None if text_mask is None else text_mask[i : i + 1]
+            col_max = visual.new_full((1, columns), float("-inf"))
+            col_sum = visual.new_zeros(1, columns)
+            for start in range(0, n, rows):
+                block = visual[i, start : start + rows]  # [c, Cv]
+                logits = torch.addmm(bias_q[i], block, fold_q[i]).clamp_(-CLAMP, CLAMP)  # [c, h*T]
+                # Text side: clamped logits, officially softmax-ed over N (max subtraction included).
+                new_max = torch.maximum(col_max, logits.amax(dim=0, keepdim=True))
+                rescale = torch.exp(col_max - new_max)  # [1, h*T]; 0 on the first block (exp(-inf))
+                weights = torch.sub(logits, new_max).exp_()  # [c, h*T]
+                pooled[i].mul_(rescale.t()).addmm_(weights.t(), block)
+                col_sum.mul_(rescale).add_(weights.sum(dim=0, keepdim=True))
+                col_max = new_max
+                probs = self._image_side_softmax(logits[None], image_mask, 1, heads_first=False)[0]  # [c, h*T]
+                torch.addmm(self.out_v_proj.bias, probs, fold_v[i], out=out_v[i, start : start + rows])
+            pooled[i].div_(col_sum.t())
+        return out_v, pooled
 
     def _forward_projected(
         self, visual: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor | None
@@ -114,15 +162,18 @@ class BiMultiHeadAttention(nn.Module):
         w_q = self.v_proj.weight.view(h, d, cv)  # [h, d, Cv]
         fold_q = torch.einsum("hdc,bthd->bcht", w_q, key).reshape(b, cv, h * t) * self.scale  # [B, Cv, h*T]
         bias_q = torch.einsum("hd,bthd->bht", self.v_proj.bias.view(h, d), key).reshape(b, 1, h * t) * self.scale
-        logits = torch.baddbmm(bias_q, visual, fold_q)  # [B, N, h*T], kept in this layout (no head-major copy)
-        probs_v, probs_l = self._softmaxes(logits, text_mask, b, heads_first=False)  # [B, N, h*T], [B, h*T, N]
-
         value_l = self.values_l_proj(text).view(b, t, h, d)
         w_out_v = self.out_v_proj.weight.view(cv, h, d)  # [Cv, h, d]
         fold_v = torch.einsum("bthd,chd->bhtc", value_l, w_out_v).reshape(b, h * t, cv)  # [B, h*T, Cv]
-        out_v = torch.baddbmm(self.out_v_proj.bias.expand(b, 1, cv), probs_v, fold_v)  # [B, N, Cv]
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (visual, fold_q, fold_v)):
+            logits = torch.baddbmm(bias_q, visual, fold_q)  # [B, N, h*T], kept in this layout (no head-major copy)
+            probs_v, probs_l = self._softmaxes(logits, text_mask, b, heads_first=False)  # [B, N, h*T], [B, h*T, N]
+            out_v = torch.baddbmm(self.out_v_proj.bias.expand(b, 1, cv), probs_v, fold_v)  # [B, N, Cv]
+            pooled = torch.bmm(probs_l, visual)  # [B, h*T, Cv]
+        else:
+            out_v, pooled = self._attend_in_chunks(visual, fold_q, bias_q, fold_v, text_mask)
 
-        pooled = torch.bmm(probs_l, visual).view(b, h, t, cv)  # [B, h, T, Cv]
+        pooled = pooled.view(b, h, t, cv)  # [B, h, T, Cv]
         w_vv = self.values_v_proj.weight.view(h, d, cv)
         value_v = torch.einsum("bhtc,hdc->bthd", pooled, w_vv) + self.values_v_proj.bias.view(h, d)
         out_l = self.out_l_proj(value_v.reshape(b, t, h * d))  # [B, T, Cl]
