@@ -251,6 +251,9 @@ def _run_dcn(spec: dict) -> dict:
 def child_main(spec: dict) -> None:
     import torch
 
+    from glip_label.runtime import keep_freed_memory
+
+    malloc_tuned = keep_freed_memory() if spec.get("malloc_tuned") else False
     if spec.get("threads"):
         torch.set_num_threads(spec["threads"])
     kind = spec["config"]
@@ -262,6 +265,7 @@ def child_main(spec: dict) -> None:
         result = _run_glip(spec)
     result["peak_rss_mb"] = _peak_rss_mb()
     result["threads"] = torch.get_num_threads()
+    result["malloc_tuned"] = malloc_tuned
     if spec["device"] == "cuda":
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     print("RESULT " + json.dumps(result), flush=True)
@@ -294,6 +298,10 @@ def plan(args: argparse.Namespace) -> list[dict]:
               "warmup": args.warmup, "model": args.model, "keep_prior": args.keep_prior,
               "official_dcn": args.official_dcn}
     specs = []
+
+    def tuned(config: str) -> bool:  # "cli": the fast path runs as the CLI runs it, the baselines as they ship
+        return args.malloc == "tuned" or (args.malloc == "cli" and config.startswith("fast"))
+
     for prompt in args.prompts:
         if "fast" in args.configs:
             for batch in args.batch_sizes:
@@ -307,7 +315,7 @@ def plan(args: argparse.Namespace) -> list[dict]:
             specs.append({**common, "config": "official", "prompt": prompt, "batch": 1, "runs": args.baseline_runs})
         if "gdino" in args.configs:
             specs.append({**common, "config": "gdino", "prompt": prompt, "batch": 1, "runs": args.baseline_runs})
-    return specs
+    return [{**spec, "malloc_tuned": tuned(spec["config"])} for spec in specs]
 
 
 def _fmt(value, digits: int = 3) -> str:
@@ -327,17 +335,20 @@ def markdown(result: dict) -> str:
         f"(baselines) after {result['settings']['warmup']} warm-up; peak RSS of each configuration's own process "
         "(model build included).",
         "",
-        "| configuration | prompt | batch | latency / image (s) | images/s | peak RSS (MB) | boxes (image 1) |",
-        "|---|---|---|---|---|---|---|",
+        "malloc tuned: the process ran `glip_label.runtime.keep_freed_memory()` (as the glip-label CLI does).",
+        "",
+        "| configuration | prompt | batch | latency / image (s) | images/s | peak RSS (MB) | boxes (image 1) | "
+        "malloc tuned |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in result["rows"]:
         if "error" in row:
             lines.append(f"| {row['config']} | {row['prompt']} | {row['batch']} | error: "
-                         f"{row['error'].splitlines()[-1][:80] if row['error'] else ''} | | | |")
+                         f"{row['error'].splitlines()[-1][:80] if row['error'] else ''} | | | | |")
             continue
         lines.append(f"| {row['config']} | {row['prompt']} | {row['batch']} | {_fmt(row['per_image_s'])} | "
                      f"{_fmt(row['images_per_s'], 2)} | {_fmt(row['peak_rss_mb'], 0)} | "
-                     f"{row.get('boxes_first_image', '-')} |")
+                     f"{row.get('boxes_first_image', '-')} | {'yes' if row.get('malloc_tuned') else 'no'} |")
     lines += ["", "## Ratios (baseline latency / fast-path latency per image)", "",
               "| prompt | fast batch | official-like / fast | fast-tvdcn / fast | gdino / fast |",
               "|---|---|---|---|---|"]
@@ -416,6 +427,10 @@ def main() -> None:
     parser.add_argument("--dcn-runs", type=int, default=None,
                         help="runs of the DCN micro-benchmark (default 7, quick 3; 0 skips it)")
     parser.add_argument("--only-dcn", action="store_true", help="run only the DCN micro-benchmark")
+    parser.add_argument("--malloc", choices=("cli", "default", "tuned"), default="cli",
+                        help="glibc malloc keeping freed memory (glip_label.runtime.keep_freed_memory): 'cli' "
+                        "(default) for the fast configurations only, as the glip-label CLI runs them, the "
+                        "baselines with the default allocator as they ship; 'tuned' for all; 'default' for none")
     parser.add_argument("--child-timeout", type=float, default=None, help="seconds per configuration")
     parser.add_argument("--out-json", type=Path, default=None)
     parser.add_argument("--out-md", type=Path, default=None)
@@ -461,6 +476,7 @@ def main() -> None:
     settings = {"quick": args.quick, "height": args.height, "width": args.width, "device": args.device,
                 "runs": args.runs, "baseline_runs": args.baseline_runs, "warmup": args.warmup,
                 "batch_sizes": args.batch_sizes, "model": args.model, "official_dcn": args.official_dcn,
+                "malloc": args.malloc,
                 "token_bias_lifted": not args.keep_prior, "prompts": {k: str(v) for k, v in PROMPTS.items()}}
     result = {"benchmark": "inference speed: glip-label fast path vs official-like GLIP vs GroundingDINO-tiny",
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "environment": env,

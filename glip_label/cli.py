@@ -35,6 +35,15 @@ DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="fp32 (default, exact), fp16 or bf16 (GPU).")]
 
 
+@app.callback()
+def _startup() -> None:
+    # Large freed tensors are kept for reuse instead of being unmapped and faulted in again on every image
+    # (glip_label.runtime; set GLIP_LABEL_DEFAULT_MALLOC=1 to keep the default allocator).
+    from glip_label.runtime import keep_freed_memory
+
+    keep_freed_memory()
+
+
 def _setup_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
