@@ -154,11 +154,14 @@ def deform_conv2d_cpu(
     mask = mask.to(dtype).reshape(b, k, ho, wo)
     w_mat = weight.permute(0, 2, 3, 1).reshape(cout, k * c)  # columns (ky, kx, c), as the gathered rows
     bias_col = None if bias is None else bias.reshape(cout, 1)
-    pixels = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view when x is channels-last (VLFuse's output)
+    pixels = x.permute(0, 2, 3, 1)  # [B, H, W, C], a view when x is channels-last (VLFuse's output)
+    if not pixels[0].is_contiguous():  # NCHW x: torch's channels-last conversion beats a strided reshape 2x
+        pixels = x.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
     out = torch.empty(b, cout, ho, wo, dtype=dtype, device=x.device)
     for i in range(b):
         index, tap_weight = _bilinear_taps(offset[i], mask[i], h, w, kh, kw, stride, padding)
-        cols = F.embedding_bag(index, pixels[i], per_sample_weights=tap_weight, mode="sum")  # [Ho*Wo*K, C]
+        cols = F.embedding_bag(index, pixels[i].reshape(h * w, c), per_sample_weights=tap_weight,
+                               mode="sum")  # [Ho*Wo*K, C]
         cols_t = cols.view(ho * wo, k * c).t()  # [K*C, Ho*Wo], a transposed view the GEMM reads as is
         out_i = out[i].view(cout, ho * wo)
         if bias_col is None:
