@@ -100,27 +100,32 @@ def _bilinear_taps(
     mask is folded into the weights.
     """
     k, _, ho, wo = offset.shape
-    dtype = offset.dtype
-    taps = torch.arange(k, device=offset.device)
-    tap_y = torch.div(taps, kw, rounding_mode="floor").to(dtype).view(k, 1, 1)
-    tap_x = (taps % kw).to(dtype).view(k, 1, 1)
-    rows = (torch.arange(ho, device=offset.device, dtype=dtype) * stride - padding).view(1, ho, 1)
-    cols = (torch.arange(wo, device=offset.device, dtype=dtype) * stride - padding).view(1, 1, wo)
-    y = tap_y + rows + offset[:, 0]  # [K, Ho, Wo] sampling rows, in pixels
-    x = tap_x + cols + offset[:, 1]
+    dtype, device = offset.dtype, offset.device
+    # Everything in [Ho, Wo, K] order, so that the stacked corners are [Ho, Wo, K, 4] without a permuted copy.
+    offset, mask = offset.permute(2, 3, 0, 1), mask.permute(1, 2, 0)  # [Ho, Wo, K, 2], [Ho, Wo, K]
+    taps = torch.arange(k, device=device)
+    tap_y = torch.div(taps, kw, rounding_mode="floor").to(dtype)  # [K]
+    tap_x = (taps % kw).to(dtype)
+    rows = (torch.arange(ho, device=device, dtype=dtype) * stride - padding).view(ho, 1, 1)
+    cols = (torch.arange(wo, device=device, dtype=dtype) * stride - padding).view(1, wo, 1)
+    y = tap_y + rows + offset[..., 0]  # [Ho, Wo, K] sampling rows, in pixels
+    x = tap_x + cols + offset[..., 1]
     y0, x0 = torch.floor(y), torch.floor(x)
     frac_y, frac_x = y - y0, x - x0
     y0, x0 = y0.long(), x0.long()
+    # Per axis, the two neighbours' weights (zero for a neighbour outside the image) and clamped indices: a
+    # corner's weight is the product, so a corner outside gets 0 and its index only has to be valid.
+    weights_y = ((1.0 - frac_y) * ((y0 >= 0) & (y0 < h)), frac_y * ((y0 >= -1) & (y0 < h - 1)))
+    weights_x = ((1.0 - frac_x) * ((x0 >= 0) & (x0 < w)), frac_x * ((x0 >= -1) & (x0 < w - 1)))
+    rows_y = (y0.clamp(0, h - 1) * w, (y0 + 1).clamp(0, h - 1) * w)
+    cols_x = (x0.clamp(0, w - 1), (x0 + 1).clamp(0, w - 1))
     index, weight = [], []
-    for dy, weight_y in ((0, 1.0 - frac_y), (1, frac_y)):
-        for dx, weight_x in ((0, 1.0 - frac_x), (1, frac_x)):
-            yy, xx = y0 + dy, x0 + dx
-            inside = (yy >= 0) & (yy < h) & (xx >= 0) & (xx < w)
-            index.append(torch.where(inside, yy * w + xx, 0))
-            weight.append(torch.where(inside, weight_y * weight_x * mask, 0.0))
-    # [K, Ho, Wo, 4] -> [Ho, Wo, K, 4]: the gathered rows then read as [Ho*Wo, K*C] im2col columns.
-    index = torch.stack(index, dim=-1).permute(1, 2, 0, 3).reshape(-1, 4)
-    weight = torch.stack(weight, dim=-1).permute(1, 2, 0, 3).reshape(-1, 4)
+    for row, weight_y in zip(rows_y, weights_y, strict=True):
+        for col, weight_x in zip(cols_x, weights_x, strict=True):
+            index.append(row + col)
+            weight.append(weight_y * weight_x * mask)
+    index = torch.stack(index, dim=-1).view(-1, 4)  # [Ho*Wo*K, 4]: rows read as [Ho*Wo, K*C] im2col columns
+    weight = torch.stack(weight, dim=-1).view(-1, 4)
     return index, weight
 
 
