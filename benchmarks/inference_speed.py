@@ -431,6 +431,9 @@ def main() -> None:
                         help="glibc malloc keeping freed memory (glip_label.runtime.keep_freed_memory): 'cli' "
                         "(default) for the fast configurations only, as the glip-label CLI runs them, the "
                         "baselines with the default allocator as they ship; 'tuned' for all; 'default' for none")
+    parser.add_argument("--settle", type=float, default=None,
+                        help="seconds to wait before each configuration (default 30, quick 0): on the 2-core VM a "
+                        "process started right after one that freed ~3 GB ran up to 15%% slower")
     parser.add_argument("--child-timeout", type=float, default=None, help="seconds per configuration")
     parser.add_argument("--out-json", type=Path, default=None)
     parser.add_argument("--out-md", type=Path, default=None)
@@ -442,6 +445,7 @@ def main() -> None:
     args.width = args.width or (480 if args.quick else 1200)
     args.runs = args.runs or (1 if args.quick else 3)
     args.baseline_runs = args.baseline_runs or (1 if args.quick else 2)
+    args.settle = args.settle if args.settle is not None else (0.0 if args.quick else 30.0)
     dcn_runs = args.dcn_runs if args.dcn_runs is not None else (3 if args.quick else 7)
     suffix = "_quick" if args.quick else ""
     out_json = args.out_json or RESULTS / f"inference_speed{suffix}.json"
@@ -465,6 +469,7 @@ def main() -> None:
         print("dcn", json.dumps(dcn), flush=True)
     rows = []
     for spec in [] if args.only_dcn else plan(args):
+        time.sleep(args.settle)
         result = run_child(spec, args.child_timeout)
         row = {"config": spec["config"], "prompt": spec["prompt"], "batch": spec["batch"], **result}
         rows.append(row)
@@ -476,7 +481,7 @@ def main() -> None:
     settings = {"quick": args.quick, "height": args.height, "width": args.width, "device": args.device,
                 "runs": args.runs, "baseline_runs": args.baseline_runs, "warmup": args.warmup,
                 "batch_sizes": args.batch_sizes, "model": args.model, "official_dcn": args.official_dcn,
-                "malloc": args.malloc,
+                "malloc": args.malloc, "settle_s": args.settle,
                 "token_bias_lifted": not args.keep_prior, "prompts": {k: str(v) for k, v in PROMPTS.items()}}
     result = {"benchmark": "inference speed: glip-label fast path vs official-like GLIP vs GroundingDINO-tiny",
               "date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "environment": env,
