@@ -28,7 +28,8 @@ def keep_freed_memory() -> bool:
     forward pass (GLIP-T's fusion maps are [20k, 1.5k] floats, 124 MB, at 800x1200 with 80 classes) costs
     its size in fresh zeroed pages, every pass: about a fifth of the CPU latency (benchmarks/README.md).
     With mmap off (M_MMAP_MAX = 0) large blocks come from the heap, and a high M_TRIM_THRESHOLD keeps the
-    freed heap for the next pass. Peak memory is unchanged (what is kept is what the last pass used).
+    freed heap for the next pass. What is kept is what a pass used, so peak RSS stays where it was (GLIP-T at
+    800x1200: 2.26-2.35 GB, 2.25-2.37 GB before).
 
     Returns True when applied: Linux with glibc, and GLIP_LABEL_DEFAULT_MALLOC unset (set it to 1 to keep
     the default allocator). Elsewhere it does nothing and returns False.

@@ -8,10 +8,11 @@ is smaller than the offset map, and the official kernel simply reads the first 1
 9*Ho*Wo (mask) floats of each image's channel-major block as if they were [18, Ho, Wo] / [9, Ho, Wo]
 (spec §2.4.3). `reinterpret_offsets` reproduces that pointer arithmetic explicitly.
 
-On CPU, inference uses `deform_conv2d_cpu`, a pure-PyTorch version of the same op (one bilinear
-`grid_sample` of all taps into an im2col tensor, masks folded in, one matmul) that is about twice as fast
-as torchvision's CPU kernel at DyHead sizes (benchmarks/README.md). torchvision's op runs everywhere else:
-on other devices, for other dtypes, and whenever gradients are needed (training).
+On CPU, inference uses `deform_conv2d_cpu`, a pure-PyTorch version of the same op (one `embedding_bag`
+gathers the bilinear samples of all taps, masks folded into the weights, into an im2col tensor; one
+matmul), about four times as fast as torchvision's CPU kernel at DyHead sizes (benchmarks/README.md);
+training on CPU uses `deform_conv2d_cpu_autograd` (grid_sample and a matmul, differentiable).
+torchvision's op runs everywhere else: on other devices and for other dtypes.
 """
 
 from __future__ import annotations
@@ -81,7 +82,12 @@ def _dcn_shapes(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, mas
 
 
 def _sampling_grid(offset: torch.Tensor, h: int, w: int, kh: int, kw: int, stride: int, padding: int) -> torch.Tensor:
-    """grid_sample coordinates of every tap: offset [B, K, 2, Ho, Wo] (dy, dx) -> [B, K*Ho, Wo, 2] as (x, y)."""
+    """grid_sample coordinates of every tap: offset [B, K, 2, Ho, Wo] (dy, dx) -> [B, K*Ho, Wo, 2] as (x, y).
+
+    grid_sample(align_corners=False) maps g to the pixel ((g + 1) * size - 1) / 2 (valid for size 1 too,
+    unlike align_corners=True), so pixel p is g = p * 2 / size + 1 / size - 1: the tap's base position from
+    the cache plus the offset times 2 / size.
+    """
     b, k, _, ho, wo = offset.shape
     base = _base_grid(h, w, ho, wo, kh, kw, stride, padding, offset.dtype).to(offset.device)  # [K, Ho, Wo, 2]
     grid_x = torch.add(base[..., 0], offset[:, :, 1], alpha=2.0 / w)
