@@ -6,7 +6,8 @@ run of them):
   2. teacher  - `train_student` on the gold set only, as GLIP's teacher is trained on gold data
   3. pseudo   - `pseudo_caption` with the teacher over the caption corpus (noun phrases found by the
                 same phrase finder a real corpus gets)
-  4. student  - `train_student` on gold + the teacher's pseudo boxes (score >= pseudo_min_score)
+  4. student  - `train_student` on gold + the teacher's pseudo boxes (score >= pseudo_min_score, and only
+                confident groundings when pseudo_min_margin is set)
   5. evaluate - COCO AP overall / base / novel and grounding Recall@1 on the held-out set, for both
 
 Why the student can win: the teacher has never seen the novel nouns, so for "a small star next to a
