@@ -22,23 +22,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from inference_speed import PROMPTS, RESULTS, environment, make_image, prompt_classes  # noqa: E402
+from inference_speed import PROMPTS, RESULTS, environment, make_image, prompt_classes, random_glip  # noqa: E402
 
 
 def measure(prompt: str, batch: int, rounds: int, height: int, width: int) -> dict:
-    import warnings
-
-    import torch
-
-    from glip_label.predictor import load_model
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "random weights": intended here
-        predictor = load_model(None, config="glip-t", seed=0)
-    with torch.no_grad():
-        predictor.model.rpn.head.bias0.fill_(0.0)  # candidate boxes for the post-processing, as inference_speed.py
-    predictor.config.min_size_test = min(height, width)
-    predictor.config.max_size_test = max(predictor.config.max_size_test, height, width)
+    predictor = random_glip("glip-t", height, width)
     images = [make_image(height, width, seed=i) for i in range(batch)]
     classes = prompt_classes(prompt)
     predictor.predict(images[:1], classes)  # warm-up: text cache, allocator, kernels

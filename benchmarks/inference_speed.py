@@ -71,6 +71,30 @@ def prompt_classes(name: str) -> list[str]:
     return [p.strip() for p in source.split(".") if p.strip()]
 
 
+def random_glip(model: str, height: int, width: int, keep_prior: bool = False, **kwargs):
+    """A seeded random-weight GLIP predictor that takes height x width images at their own size.
+
+    Unless keep_prior, the token bias is lifted to 0 (as tests/conftest.py does) so that the
+    post-processing sees candidate boxes as with a trained model.
+    """
+    import warnings
+
+    import torch
+
+    from glip_label.predictor import load_model
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "randomly initialised": intended here
+        predictor = load_model(None, config=model, seed=0, **kwargs)
+    if not keep_prior:
+        with torch.no_grad():
+            predictor.model.rpn.head.bias0.fill_(0.0)
+    # Feed the image at its own size (the predictor resizes to an 800 short side by default).
+    predictor.config.min_size_test = min(height, width)
+    predictor.config.max_size_test = max(predictor.config.max_size_test, height, width)
+    return predictor
+
+
 # ---------------------------------------------------------------------------------------------- child side
 def _rss_now_mb() -> float | None:
     try:
@@ -128,27 +152,17 @@ def _box_agreement(ref, test, score_min: float = 0.3, iou_min: float = 0.9, scor
 
 
 def _run_glip(spec: dict) -> dict:
-    import warnings
 
     import torch
 
     from glip_label.model import dcn
-    from glip_label.predictor import load_model
 
     mode, device = spec["config"], spec["device"]
     official = mode == "official"
-    t0 = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        predictor = load_model(None, config=spec["model"], seed=0, device=device, pad_prompt=official,
-                               cache_text=not official)
-    if not spec["keep_prior"]:
-        with torch.no_grad():
-            predictor.model.rpn.head.bias0.fill_(0.0)
-    # Feed the image at its own size (the predictor resizes to an 800 short side by default).
     height, width = spec["height"], spec["width"]
-    predictor.config.min_size_test = min(height, width)
-    predictor.config.max_size_test = max(predictor.config.max_size_test, height, width)
+    t0 = time.perf_counter()
+    predictor = random_glip(spec["model"], height, width, spec["keep_prior"], device=device, pad_prompt=official,
+                            cache_text=not official)
     dcn.FAST_CPU_DCN = mode not in ("fast-tvdcn", "official") or (official and spec["official_dcn"] == "fast")
     load_s = time.perf_counter() - t0
     rss_loaded = _rss_now_mb()
