@@ -19,10 +19,10 @@ leave unexplained), with the caption cut to the kept phrases. About 80% of the k
 groundings are right (73-97% per shape), and the student then sees the novel nouns tied to boxes, which
 the gold set never gave. Kept groundings are mostly one phrase on a simple picture, so they teach the
 nouns but not how to tell the phrases of a long caption apart; the gold set, three copies per epoch
-(`gold_weight`, about half of what the student sees), keeps that skill. Measured on 800 held-out pictures of the
-world as it was before the ring became a base shape, seeds 0 / 1: with one copy (a quarter), the
-student's Recall@1 fell below the teacher's (0.540 -> 0.519, 0.486 -> 0.484); with three it rose
-(-> 0.589, -> 0.521). Recall@1 and base AP also gain from the student's extra 1500 steps alone: a
+(`gold_weight`, about half of what the student sees), keeps that skill. Measured on 800 held-out
+pictures of the world as it was before the ring became a base shape, seeds 0 / 1: with one copy (a
+quarter), the student's Recall@1 fell below the teacher's (0.540 -> 0.519, 0.486 -> 0.484); with three
+it rose (-> 0.589, -> 0.521). Recall@1 and base AP also gain from the student's extra 1500 steps alone: a
 control that continued the teacher on gold only did better on both than the student (Recall@1 0.641 /
 0.643 against 0.600 / 0.599, one core per seed) and worse on novel AP (0.062 / 0.049 against 0.101 /
 0.097). The novel shapes are what the pseudo labels buy.
