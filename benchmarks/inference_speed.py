@@ -152,7 +152,6 @@ def _box_agreement(ref, test, score_min: float = 0.3, iou_min: float = 0.9, scor
 
 
 def _run_glip(spec: dict) -> dict:
-
     import torch
 
     from glip_label.model import dcn
