@@ -354,6 +354,28 @@ def test_mdetr_writer_loads_and_spans_index_the_caption(tmp_path: Path) -> None:
     )
 
 
+def test_mdetr_stream_writer_equals_in_memory_writer_and_writes_nothing_on_error(tmp_path: Path) -> None:
+    from glip_label.formats.mdetr import MdetrStreamWriter
+
+    record = ImageRecord("flickr/1.jpg", 500, 375, caption_detections())
+    empty = ImageRecord("flickr/2.jpg", 64, 48, Detections.empty(["A dog"]))
+    memory = MdetrWriter(info={"model": "glip-t"})
+    with MdetrStreamWriter(tmp_path / "s.json", info={"model": "glip-t"}) as stream:
+        for writer in (memory, stream):
+            writer.add_record(record, CAPTION, SPANS, image_fields={"sentence_id": 0})
+            writer.add_record(empty, "A dog .", [[(0, 5)]])
+            writer.add_record(record, CAPTION, SPANS, image_fields={"sentence_id": 1})
+        with pytest.raises(TypeError, match="keeps nothing in memory"):
+            stream.to_dict()
+    assert json.loads((tmp_path / "s.json").read_text()) == memory.to_dict()
+    assert (len(stream), stream.num_annotations) == (len(memory), memory.num_annotations) == (3, 8)
+
+    with pytest.raises(RuntimeError), MdetrStreamWriter(tmp_path / "broken.json") as stream:
+        stream.add_record(record, CAPTION, SPANS)
+        raise RuntimeError("interrupted")
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["s.json"]  # no partial file, no temporary left
+
+
 def test_read_mdetr_accepts_the_flickr_and_mixed_variants(tmp_path: Path) -> None:
     flickr = {  # keys of final_flickr_separateGT_*.json: string sizes, ids from 0
         "info": [], "licenses": [],

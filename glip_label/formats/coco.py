@@ -189,43 +189,74 @@ class CocoWriter:
         atomic_write_json(path, self.to_dict(), indent=None)
 
 
-class CocoStreamWriter(CocoWriter):
-    """A CocoWriter that streams to disk, so memory stays flat however many images and boxes a run has.
+class CocoFileSink:
+    """Writes a COCO-layout file as entries arrive, so memory stays flat however many images and boxes a run has.
 
-    Images go straight into the (temporary) output file and annotations into a spool file that is
-    appended after them on `close`; the result appears at `path` atomically. Use as a context manager.
+    Image entries go straight into the (temporary) output file and annotations into a spool file that is
+    appended after them on `finish`; the file appears at `path` atomically, and not at all after `abort`.
     """
 
-    def __init__(self, path: str | Path, categories: list[str], category_id_base: int = 1,
-                 info: dict | None = None) -> None:
-        super().__init__(categories, category_id_base, info)
+    def __init__(self, path: str | Path, info: dict[str, Any]) -> None:
         self._context = atomic_open(path, "w")
         self._fh = self._context.__enter__()
-        self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed in close()
-        self._fh.write('{"info": ' + json.dumps(self.info, ensure_ascii=False) + ', "licenses": [], "images": [')
+        self._spool = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115 - closed in finish/abort
+        self._num_images = self._num_annotations = 0
+        self._fh.write('{"info": ' + json.dumps(info, ensure_ascii=False) + ', "licenses": [], "images": [')
 
-    def _store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
+    def store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
         self._fh.write(("," if self._num_images else "") + json.dumps(image, ensure_ascii=False))
-        for i, ann in enumerate(annotations):
-            self._spool.write(("," if self._num_annotations + i else "") + json.dumps(ann, ensure_ascii=False))
+        for annotation in annotations:
+            self._spool.write(("," if self._num_annotations else "") + json.dumps(annotation, ensure_ascii=False))
+            self._num_annotations += 1
+        self._num_images += 1
 
-    def close(self) -> None:
+    def finish(self, categories: list[dict[str, Any]]) -> None:
         self._fh.write('], "annotations": [')
         self._spool.seek(0)
         shutil.copyfileobj(self._spool, self._fh)
         self._spool.close()
-        self._fh.write('], "categories": ' + json.dumps(self.categories_list(), ensure_ascii=False) + "}\n")
+        self._fh.write('], "categories": ' + json.dumps(categories, ensure_ascii=False) + "}\n")
         self._context.__exit__(None, None, None)
 
-    def __enter__(self) -> CocoStreamWriter:
+    def abort(self, exc_type, exc, tb) -> None:
+        self._spool.close()
+        self._context.__exit__(exc_type, exc, tb)
+
+
+class StreamingWriter:
+    """Mixin for a writer whose `_store` goes to `self._sink` (a CocoFileSink): close and context manager.
+
+    The writer supplies `categories_list()`, written last; nothing is kept in memory, so `to_dict` is refused.
+    """
+
+    _sink: CocoFileSink
+
+    def _store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
+        self._sink.store(image, annotations)
+
+    def to_dict(self) -> dict[str, Any]:
+        raise TypeError(f"{type(self).__name__} keeps nothing in memory: read the file it wrote")
+
+    def close(self) -> None:
+        self._sink.finish(self.categories_list())  # type: ignore[attr-defined]
+
+    def __enter__(self):
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is None:
             self.close()
         else:
-            self._spool.close()
-            self._context.__exit__(exc_type, exc, tb)
+            self._sink.abort(exc_type, exc, tb)
+
+
+class CocoStreamWriter(StreamingWriter, CocoWriter):
+    """A CocoWriter that streams to `path` (see CocoFileSink). Use as a context manager."""
+
+    def __init__(self, path: str | Path, categories: list[str], category_id_base: int = 1,
+                 info: dict | None = None) -> None:
+        super().__init__(categories, category_id_base, info)
+        self._sink = CocoFileSink(path, self.info)
 
 
 # ----------------------------------------------------------------------------------------- reader

@@ -21,7 +21,14 @@ import json
 from pathlib import Path
 from typing import Any
 
-from glip_label.formats.coco import BBOX_DECIMALS, SCORE_DECIMALS, normalize_coco, xyxy_to_xywh
+from glip_label.formats.coco import (
+    BBOX_DECIMALS,
+    SCORE_DECIMALS,
+    CocoFileSink,
+    StreamingWriter,
+    normalize_coco,
+    xyxy_to_xywh,
+)
 from glip_label.formats.odvg import check_xyxy, grounding_regions, normalize_spans
 from glip_label.io import atomic_write_json
 from glip_label.records import ImageRecord
@@ -47,6 +54,8 @@ class MdetrWriter:
             self.info.update(info)
         self._images: list[dict[str, Any]] = []
         self._annotations: list[dict[str, Any]] = []
+        self._num_images = 0
+        self._num_annotations = 0
 
     def add(
         self,
@@ -69,7 +78,7 @@ class MdetrWriter:
         height, width = int(height), int(width)
         if width <= 0 or height <= 0:
             raise ValueError(f"{file_name}: width and height must be positive, got {width}x{height}")
-        image_id = len(self._images) + 1
+        image_id = self._num_images + 1
 
         # Phrases in order of first appearance; key = phrase_id if given, else the spans.
         phrase_slot: dict[Any, int] = {}
@@ -86,7 +95,7 @@ class MdetrWriter:
             bbox = [round(float(v), BBOX_DECIMALS) for v in xyxy_to_xywh([box])[0]]
             new_annotations.append(
                 {
-                    "id": len(self._annotations) + len(new_annotations) + 1,
+                    "id": self._num_annotations + len(new_annotations) + 1,
                     "image_id": image_id,
                     "category_id": 1,
                     "bbox": bbox,
@@ -108,9 +117,14 @@ class MdetrWriter:
                 "tokens_positive_eval": [[list(s) for s in spans] for spans in phrase_spans],
             }
         )
-        self._images.append(image)
-        self._annotations.extend(new_annotations)
+        self._store(image, new_annotations)
+        self._num_images += 1
+        self._num_annotations += len(new_annotations)
         return image_id
+
+    def _store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
+        self._images.append(image)
+        self._annotations.extend(annotations)
 
     def add_record(
         self,
@@ -124,11 +138,14 @@ class MdetrWriter:
         return self.add(record.file_name, record.height, record.width, caption, regions, image_fields)
 
     def __len__(self) -> int:
-        return len(self._images)
+        return self._num_images
 
     @property
     def num_annotations(self) -> int:
-        return len(self._annotations)
+        return self._num_annotations
+
+    def categories_list(self) -> list[dict[str, Any]]:
+        return [dict(OBJECT_CATEGORY)]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -136,11 +153,20 @@ class MdetrWriter:
             "licenses": [],
             "images": list(self._images),
             "annotations": list(self._annotations),
-            "categories": [dict(OBJECT_CATEGORY)],
+            "categories": self.categories_list(),
         }
 
     def write(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_dict(), indent=None)
+
+
+class MdetrStreamWriter(StreamingWriter, MdetrWriter):
+    """An MdetrWriter that streams to `path` (see CocoFileSink): a caption corpus of millions of pairs is
+    written with flat memory. Use as a context manager."""
+
+    def __init__(self, path: str | Path, info: dict | None = None) -> None:
+        super().__init__(info)
+        self._sink = CocoFileSink(path, self.info)
 
 
 def _spans_or_none(value: Any, caption: str, where: str) -> list[list[int]] | None:

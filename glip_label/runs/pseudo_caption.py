@@ -343,13 +343,17 @@ def _image_root(options: PseudoCaptionOptions) -> str | None:
 def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
                   seconds: float = 0.0) -> PseudoCaptionSummary:
     """grounding.odvg.jsonl, grounding.mdetr.json, errors.jsonl, run.json; streamed, each file atomic."""
-    from glip_label.formats.mdetr import MdetrWriter
+    from glip_label.formats.mdetr import MdetrStreamWriter
     from glip_label.formats.odvg import odvg_grounding_record
 
     grounded = skipped = boxes = 0
-    mdetr = MdetrWriter(info={"description": "pseudo grounding boxes written by glip-label pseudo-caption",
-                              "version": __version__, "model": options.model, "box_floor": options.box_floor})
-    with atomic_open(out / "grounding.odvg.jsonl") as odvg, atomic_open(out / "errors.jsonl") as errors:
+    mdetr_info = {"description": "pseudo grounding boxes written by glip-label pseudo-caption",
+                  "version": __version__, "model": options.model, "box_floor": options.box_floor}
+    with (
+        atomic_open(out / "grounding.odvg.jsonl") as odvg,
+        atomic_open(out / "errors.jsonl") as errors,
+        MdetrStreamWriter(out / "grounding.mdetr.json", info=mdetr_info) as mdetr,
+    ):
         for result in _iter_results(out, keys):
             if not result["ok"]:
                 errors.write(json.dumps(result["error"], ensure_ascii=False) + "\n")
@@ -365,7 +369,6 @@ def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
             odvg.write(json.dumps(line, ensure_ascii=False) + "\n")
             fields = {"pair_id": rec["id"], **({"note": rec["note"]} if "note" in rec else {})}
             mdetr.add(rec["file_name"], rec["height"], rec["width"], rec["caption"], rec["regions"], fields)
-    mdetr.write(out / "grounding.mdetr.json")
     summary = PseudoCaptionSummary(out, len(keys), grounded, skipped, boxes, seconds,
                                    len(keys) / seconds if seconds > 0 else 0.0)
     atomic_write_json(out / "run.json", {
