@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from glip_label.config import PRESETS, GLIPConfig
+from glip_label.precision import parse_dtype
 
 HUB_REPO = "GLIPModel/GLIP"
 
@@ -72,15 +73,6 @@ _ANCHOR_PREFIX = "rpn.anchor_generator."
 SAFETENSORS_CONFIG_KEY = "glip_label_config"
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin"}
 _MAX_EXAMPLES = 20
-_DTYPES = {
-    "fp32": torch.float32,
-    "float32": torch.float32,
-    "fp16": torch.float16,
-    "float16": torch.float16,
-    "half": torch.float16,
-    "bf16": torch.bfloat16,
-    "bfloat16": torch.bfloat16,
-}
 
 
 class CheckpointError(ValueError):
@@ -644,7 +636,7 @@ def convert_weights(
     src, dst = Path(src), Path(dst)
     if dst.suffix != ".safetensors":
         raise ValueError(f"convert_weights writes .safetensors; got {dst}")
-    target_dtype = _parse_dtype(dtype)
+    target_dtype = parse_dtype(dtype)
     if prefer not in ("model", "model_ema"):
         raise ValueError(f"prefer must be 'model' or 'model_ema', not {prefer!r}")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
@@ -675,13 +667,6 @@ def convert_weights(
         "source_entry": source_entry,
         "skipped_entries": skipped,
     }
-
-
-def _parse_dtype(name: str) -> torch.dtype:
-    try:
-        return _DTYPES[name.lower()]
-    except KeyError:
-        raise ValueError(f"unknown dtype {name!r}; choose fp32, fp16 or bf16") from None
 
 
 def _format_for_writing(path: Path) -> str:

@@ -16,6 +16,19 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO.parent / "shared" / "fixtures" / "glip-parity"
 
 
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked `gpu` need CUDA: without it they are skipped with the reason (never passed silently)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False); run benchmarks/gpu_check.sh "
+                                   "on a GPU machine")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def parity_dir() -> Path:
     """The official-code parity fixture. Missing is an error, not a skip: these tests are the judge."""

@@ -12,7 +12,13 @@ On CPU, inference uses `deform_conv2d_cpu`, a pure-PyTorch version of the same o
 gathers the bilinear samples of all taps, masks folded into the weights, into an im2col tensor; one
 matmul), about four times as fast as torchvision's CPU kernel at DyHead sizes (benchmarks/README.md);
 training on CPU uses `deform_conv2d_cpu_autograd` (grid_sample and a matmul, differentiable).
-torchvision's op runs everywhere else: on other devices and for other dtypes.
+torchvision's op runs everywhere else (CUDA included).
+
+Every dtype is accepted, as the official layer does under AMP (`custom_fwd(cast_inputs=torch.float32)`): fp16
+and bf16 inputs, and any input under autocast, are convolved in fp32 with autocast off (torchvision's kernels
+have no bf16, the CPU paths no half at all, and the sampled sums want fp32). The result is fp32 under autocast
+(as the official layer returns it) and the input's dtype otherwise; fp32 inputs outside autocast take the
+exact fp32 paths above unchanged.
 """
 
 from __future__ import annotations
@@ -236,11 +242,20 @@ class ModulatedDeformConv(nn.Module):
 
     def forward(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         offset, mask = reinterpret_offsets(offset, mask, self.output_size(*x.shape[-2:]))
-        if _fast_cpu_applies(x, offset, mask, self.weight, self.bias):
-            return deform_conv2d_cpu(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype), mask,
-                                     stride=self.stride, padding=self.padding)
-        if FAST_CPU_DCN and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-            return deform_conv2d_cpu_autograd(x, offset, self.weight.to(x.dtype), self.bias.to(x.dtype), mask,
-                                              stride=self.stride, padding=self.padding)
-        return deform_conv2d(x, offset.to(x.dtype), self.weight, self.bias, stride=self.stride,
-                             padding=self.padding, mask=mask.to(x.dtype))
+        autocast = torch.is_autocast_enabled(x.device.type)
+        if x.dtype in (torch.float32, torch.float64) and not autocast:
+            return self._deform(x, offset, mask, self.weight.to(x.dtype), self.bias.to(x.dtype))
+        # The official fp32 island (custom_fwd(cast_inputs=torch.float32)): fp32 inputs, autocast off.
+        with torch.autocast(x.device.type, enabled=False):
+            out = self._deform(x.float(), offset.float(), mask.float(), self.weight.float(), self.bias.float())
+        return out if autocast else out.to(x.dtype)
+
+    def _deform(self, x: torch.Tensor, offset: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:
+        """The convolution on same-dtype fp32/fp64 tensors: the fast CPU paths, else torchvision's op."""
+        if _fast_cpu_applies(x, offset, mask, weight, bias):
+            return deform_conv2d_cpu(x, offset, weight, bias, mask, stride=self.stride, padding=self.padding)
+        if FAST_CPU_DCN and x.device.type == "cpu":
+            return deform_conv2d_cpu_autograd(x, offset, weight, bias, mask, stride=self.stride, padding=self.padding)
+        return deform_conv2d(x, offset.to(x.dtype), weight, bias, stride=self.stride, padding=self.padding,
+                             mask=mask.to(x.dtype))

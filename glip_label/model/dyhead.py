@@ -12,6 +12,7 @@ from torch import nn
 
 from glip_label.model.dcn import ModulatedDeformConv
 from glip_label.model.fusion import transpose_contiguous
+from glip_label.precision import HALF_DTYPES
 
 CLAMP = 50000.0
 
@@ -133,9 +134,11 @@ class BertSelfAttention(nn.Module):
 
         q, k, v = heads(self.query(hidden)), heads(self.key(hidden)), heads(self.value(hidden))
         scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(self.head_dim)
+        if scores.dtype in HALF_DTYPES:  # fp32 island: clamp + a dtype-min mask overflows fp16; fp32 softmax
+            scores = scores.float()
         # GLIP clamps the scores BEFORE adding the mask (CLAMP_BERTATTN_*_FOR_*), unlike HF's BertLayer.
         scores = scores.clamp(-CLAMP, CLAMP) + additive_mask
-        context = torch.matmul(scores.softmax(dim=-1), v)
+        context = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v)
         return context.transpose(1, 2).reshape(b, t, d)
 
 

@@ -4,6 +4,10 @@ Follows the official BiAttentionBlockForCheckpoint / BiMultiHeadAttention (spec 
 its quirks: the residuals are added to the LayerNorm-ed inputs, attention logits are clamped to
 +-50000, the text side softmax (over all visual positions) has no mask, and on the image side PAD
 tokens get -9e15 while valid tokens get +1 (which cancels in the softmax but is kept for bit parity).
+
+Half precision (fp16/bf16 models, or autocast in training) keeps the official AMP code's fp32 islands: both
+softmaxes, and the PAD mask added before the image-side one, are computed in fp32 (-9e15 does not fit in fp16)
+and the probabilities are cast back to the model's dtype for the matmuls that follow.
 """
 
 from __future__ import annotations
@@ -11,12 +15,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from glip_label.precision import HALF_DTYPES
+
 CLAMP = 50000.0
 TRANSPOSE_ROWS = 512
 # Inference blocks of the folded attention: about this many logits per block (4 MB in fp32; see
 # benchmarks/README.md for the sizes tried), at least CHUNK_MIN_ROWS visual positions.
 CHUNK_ELEMENTS = 1 << 20
 CHUNK_MIN_ROWS = 64
+
+
+def softmax_fp32(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """Softmax of x along `dim` computed in fp32 and returned in x's dtype; fp32/fp64 x take the plain softmax.
+
+    The official code runs its attention softmaxes in fp32 under AMP: in fp16 the sum over 20k visual
+    positions would lose most of its bits, and the -9e15 PAD mask would not even be representable.
+    """
+    if x.dtype not in HALF_DTYPES:
+        return x.softmax(dim=dim)
+    return x.softmax(dim=dim, dtype=torch.float32).to(x.dtype)
 
 
 def transpose_contiguous(x: torch.Tensor, rows: int = TRANSPOSE_ROWS) -> torch.Tensor:
@@ -79,19 +96,25 @@ class BiMultiHeadAttention(nn.Module):
         # Text side, officially: x - max(x) over N, clamped to +-50000, softmax. softmax subtracts the same row
         # maximum itself and exp() of anything under -50000 is 0 either way, so the softmax of the clamped
         # logits alone is bit-identical and saves two passes over the [heads, N, T] logits.
-        probs_l = transpose_contiguous(logits).softmax(dim=-1)
+        probs_l = softmax_fp32(transpose_contiguous(logits), dim=-1)
         return self._image_side_softmax(logits, text_mask, batch, heads_first), probs_l
 
     def _image_side_softmax(
         self, logits: torch.Tensor, text_mask: torch.Tensor | None, batch: int, heads_first: bool
     ) -> torch.Tensor:
-        """Softmax over each head's T tokens of the clamped logits, PAD tokens masked (in place on `logits`)."""
+        """Softmax over each head's T tokens of the clamped logits, PAD tokens masked (in place on fp32 `logits`).
+
+        Half-precision logits are masked and soft-maxed in an fp32 copy (the mask value does not fit in fp16);
+        the probabilities come back in the logits' dtype.
+        """
         n, t = logits.shape[1], logits.shape[2] if heads_first else logits.shape[2] // self.num_heads
         by_head = logits.view(batch, self.num_heads, n, t) if heads_first else logits.view(batch, n, self.num_heads, t)
+        if logits.dtype in HALF_DTYPES:
+            by_head = by_head.float()
         if text_mask is not None:
-            mask = text_mask[:, None, None, :].to(logits.dtype)  # [B, 1, 1, T]: 1 valid, 0 PAD
+            mask = text_mask[:, None, None, :].to(by_head.dtype)  # [B, 1, 1, T]: 1 valid, 0 PAD
             by_head.add_(mask.masked_fill(mask == 0, -9e15))
-        return by_head.softmax(dim=-1).view(logits.shape)
+        return by_head.softmax(dim=-1).view(logits.shape).to(logits.dtype)
 
     def _attend_in_chunks(
         self, visual: torch.Tensor, fold_q: torch.Tensor, bias_q: torch.Tensor, fold_v: torch.Tensor,
@@ -165,7 +188,10 @@ class BiMultiHeadAttention(nn.Module):
         value_l = self.values_l_proj(text).view(b, t, h, d)
         w_out_v = self.out_v_proj.weight.view(cv, h, d)  # [Cv, h, d]
         fold_v = torch.einsum("bthd,chd->bhtc", value_l, w_out_v).reshape(b, h * t, cv)  # [B, h*T, Cv]
-        if torch.is_grad_enabled() and any(x.requires_grad for x in (visual, fold_q, fold_v)):
+        # Half precision takes the unblocked path too: the blocked one accumulates sums over all N positions
+        # (the online softmax) that fp16 cannot hold; unblocked, the softmaxes run in fp32 (`softmax_fp32`).
+        training = torch.is_grad_enabled() and any(x.requires_grad for x in (visual, fold_q, fold_v))
+        if training or visual.dtype in HALF_DTYPES or torch.is_autocast_enabled(visual.device.type):
             logits = torch.baddbmm(bias_q, visual, fold_q)  # [B, N, h*T], kept in this layout (no head-major copy)
             probs_v, probs_l = self._softmaxes(logits, text_mask, b, heads_first=False)  # [B, N, h*T], [B, h*T, N]
             out_v = torch.baddbmm(self.out_v_proj.bias.expand(b, 1, cv), probs_v, fold_v)  # [B, N, Cv]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from glip_label.model.box_coder import BoxCoder
+from glip_label.precision import HALF_DTYPES
 
 TO_REMOVE = 1.0  # legacy "+1" pixel convention of the official boxes
 _NMS_CHUNK_ELEMENTS = 1 << 22  # rows of the pairwise IoU are computed in blocks of about this many pairs
@@ -76,6 +77,8 @@ def ml_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_
     n = boxes.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.long, device=boxes.device)
+    if boxes.is_cuda:
+        return ml_nms_torchvision(boxes, scores, labels, iou_threshold)
     # Best first (stable, so equal scores keep input order), then grouped by label, best first inside.
     by_score = torch.sort(scores, descending=True, stable=True).indices
     by_label = torch.sort(labels[by_score], stable=True)
@@ -89,6 +92,23 @@ def ml_nms(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_
         keep[group[torch.from_numpy(group_keep).to(group.device)]] = True
         start += count
     return keep.nonzero().squeeze(1)
+
+
+def ml_nms_torchvision(
+    boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """`ml_nms` by torchvision's batched NMS kernel, the path for CUDA tensors (no host sync per label).
+
+    torchvision's IoU has no "+1"; on boxes whose x2, y2 are moved by +1 it is the official IoU (the same
+    suppression rule, IoU > threshold, per label). The widths are rounded in another order, and equal scores
+    may be visited in another order than `ml_nms`'s stable one, so boxes can differ where a pair's IoU is
+    within float round-off of the threshold. Returns the kept indices in ascending order, as `ml_nms`.
+    """
+    from torchvision.ops import batched_nms
+
+    shifted = boxes.float().clone()  # [N, 4]
+    shifted[:, 2:] += TO_REMOVE
+    return torch.sort(batched_nms(shifted, scores.float(), labels, iou_threshold)).values
 
 
 # ------------------------------------------------------------------------------------- ATSS post-processing
@@ -165,6 +185,11 @@ def atss_postprocess(
     Returns per image {"boxes": [n,4] xyxy in resized-image pixels, "scores": [n], "labels": [n] (1-based)}.
     Order: by level, then (location, label) within a level, as left by the official ascending-index NMS.
     """
+    # fp32 island: half-precision head outputs are scored, decoded and suppressed in fp32 (others are left as is).
+    box_regression, centerness, token_logits, anchors = (
+        [x.float() if x.dtype in HALF_DTYPES else x for x in part]
+        for part in (box_regression, centerness, token_logits, anchors)
+    )
     num_levels = len(box_regression)
     if not (len(centerness) == len(token_logits) == len(anchors) == num_levels):
         raise ValueError("box_regression, centerness, token_logits and anchors need one entry per level")

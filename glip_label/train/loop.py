@@ -52,13 +52,14 @@ from glip_label.model.box_coder import BoxCoder
 from glip_label.model.glip import GLIP
 from glip_label.model.head import HeadOutputs
 from glip_label.model.language import TextFeatures
+from glip_label.precision import AMP_NAMES, check_device, parse_amp
 from glip_label.train.assign import build_targets
 from glip_label.train.losses import flatten_level_outputs, glip_losses
 
 log = logging.getLogger(__name__)
 
 TUNE_MODES = ("full", "head", "prompt")
-AMP_MODES = (None, "bf16", "fp16")
+AMP_MODES = (None, *AMP_NAMES)
 # Linear probing (glip-spec §6.6): the only parameters `--tune head` trains.
 HEAD_PARAMETER_PATTERN = re.compile(
     r"^rpn\.head\.(bbox_pred\.|centerness\.|dot_product_projection_text\.|log_scale$|bias_lang$|bias0$)"
@@ -116,8 +117,7 @@ class TrainConfig:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.tune not in TUNE_MODES:
             raise ValueError(f"tune must be one of {TUNE_MODES}, got {self.tune!r}")
-        if self.amp not in AMP_MODES:
-            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        parse_amp(self.amp)  # ValueError for anything but None, "fp16" or "bf16"
         if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in (0, 1), got {self.ema_decay}")
         if self.checkpoint_every < 1 or self.log_every < 1:
@@ -352,7 +352,7 @@ def setup_distributed(device: str | None = None) -> DistContext:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    chosen = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    chosen = check_device(device) or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if chosen.type == "cuda":
         if world_size > 1:
             chosen = torch.device("cuda", local_rank)
@@ -541,7 +541,9 @@ class Trainer:
             train_config.gamma,
         )  # fmt: skip
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self.schedule)
-        self.scaler = torch.amp.GradScaler(self.device.type) if train_config.amp == "fp16" else None
+        # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
+        amp_dtype = parse_amp(train_config.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type) if amp_dtype == torch.float16 else None
         self.ema = ModelEma(self.model, train_config.ema_decay) if train_config.ema_decay else None
         forward = _TrainForward(self.model)
         if self.ctx.distributed:
@@ -584,10 +586,9 @@ class Trainer:
         return self._anchor_cache[key]
 
     def _autocast(self) -> contextlib.AbstractContextManager:
-        amp = self.train_config.amp
-        if amp is None:
+        dtype = parse_amp(self.train_config.amp)
+        if dtype is None:
             return contextlib.nullcontext()
-        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
         return torch.autocast(device_type=self.device.type, dtype=dtype)
 
     def _mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
@@ -625,10 +626,14 @@ class Trainer:
         max_norm = self.train_config.clip_grad_norm or float("inf")
         # After DDP's all-reduce every rank holds the same gradients, hence the same norm and decision.
         grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, max_norm)
+        values = torch.stack([loss.detach().float()] + [loss_dict[k].detach().float() for k in LOSS_NAMES])
+        values = self._mean_over_ranks(values)
+        # The step's one host sync (on CUDA): the logged losses and the norm that decides the update, together.
+        *values, grad_norm_value = torch.cat([values, grad_norm.detach().float().reshape(1)]).tolist()
         if self.scaler is not None:
             self.scaler.step(self.optimizer)  # skips by itself on inf/NaN gradients
             self.scaler.update()
-        elif torch.isfinite(grad_norm):
+        elif math.isfinite(grad_norm_value):
             self.optimizer.step()
         else:
             # The official trainer zeroes NaN losses and steps on; skipping the update is the same
@@ -637,10 +642,8 @@ class Trainer:
             log.warning("step %d: non-finite gradient norm, update skipped", self.step + 1)
         self.scheduler.step()
 
-        values = torch.stack([loss.detach().float()] + [loss_dict[k].detach().float() for k in LOSS_NAMES])
-        values = self._mean_over_ranks(values).tolist()
         losses = {"loss": values[0], **dict(zip(LOSS_NAMES, values[1:], strict=True))}
-        return losses, float(grad_norm)
+        return losses, grad_norm_value
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_path(self, step: int) -> Path:
