@@ -91,7 +91,20 @@ class VLDyHead(nn.Module):
 
     def forward(self, visual: list[torch.Tensor], text: TextFeatures) -> HeadOutputs:
         visual, text_hidden = self.run_tower(visual, text)
-        embedding = text_hidden if self.config.fused_features_dot_product else text.embedded
+        device_type = visual[0].device.type
+        if not torch.is_autocast_enabled(device_type):
+            return self.predict_outputs(visual, text_hidden, text.embedded)
+        # fp32 island under AMP (the scores): the token logits are dot products divided by the temperature, which
+        # multiplies a half-precision rounding error many times (x90 at log_scale -4.5); these 1x1 convs and one
+        # matmul per level cost little next to the tower.
+        with torch.autocast(device_type, enabled=False):
+            return self.predict_outputs([v.float() for v in visual], text_hidden.float(), text.embedded.float())
+
+    def predict_outputs(
+        self, visual: list[torch.Tensor], text_hidden: torch.Tensor, text_embedded: torch.Tensor
+    ) -> HeadOutputs:
+        """Box deltas, centerness and token logits from the tower's outputs (levels P3..P7)."""
+        embedding = text_hidden if self.config.fused_features_dot_product else text_embedded
         embedding = F.normalize(embedding, p=2, dim=-1)  # [B, T, D]
         token_embeds = self.dot_product_projection_text(embedding / 2.0)  # [B, T, C]
         token_bias = torch.matmul(embedding, self.bias_lang) + self.bias0  # [B, T]
