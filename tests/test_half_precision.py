@@ -259,6 +259,7 @@ def test_unknown_dtype_and_amp_are_one_error_line_and_exit_2(tmp_path):
         assert len([line for line in result.output.splitlines() if line.strip()]) == 1, result.output
 
 
+@pytest.mark.slow  # about 3 minutes on the shared 2-core machine
 def test_the_three_commands_of_the_issue_run_to_the_end(tiny_checkpoint, tmp_path):
     """annotate --dtype fp16, --dtype bf16 and train-student --amp fp16, as a user types them."""
     images = str(REPO / "examples" / "images")
