@@ -67,6 +67,8 @@ IGNORABLE_KEY_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
 # dropping them is worth a warning.
 _BEHAVIOUR_CHANGING_PATTERN = re.compile(r"^rpn\.tunable_linear\.")
 
+# The official prompt-tuning parameter (ADD_LINEAR_LAYER, glip-spec §6.6): one row added per text token.
+PROMPT_KEY = "rpn.tunable_linear.weight"
 MODULE_PREFIX = "module."
 _ANCHOR_PREFIX = "rpn.anchor_generator."
 SAFETENSORS_CONFIG_KEY = "glip_label_config"
@@ -812,6 +814,7 @@ __all__ = [
     "HUB_REPO",
     "HUB_FILES",
     "IGNORABLE_KEY_PATTERNS",
+    "PROMPT_KEY",
     "CheckpointError",
     "CheckpointMismatchError",
     "WeightsNotAvailableError",
