@@ -30,8 +30,9 @@ ModelOpt = Annotated[
 ]
 ConfigOpt = Annotated[
     list[str] | None,
-    typer.Option("--config", "-c", metavar="PRESET|YAML", help="Architecture: a preset (glip-t, glip-t-a, glip-l, glip-tiny) or an official "
-                 "GLIP yaml; repeat it to merge a task yaml over its base, as the official tools do "
+    typer.Option("--config", "-c", metavar="PRESET|YAML",
+                 help="Architecture: a preset (glip-t, glip-t-a, glip-l, glip-tiny) or an official GLIP yaml; "
+                 "repeat it to merge a task yaml over its base, as the official tools do "
                  "(--config glip_Swin_T_O365_GoldG.yaml --config odinw/CottontailRabbits.yaml). Default: from the "
                  "hub preset, the checkpoint's own metadata, or recognised from the checkpoint's keys and shapes."),
 ]
