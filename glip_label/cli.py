@@ -29,9 +29,12 @@ ModelOpt = Annotated[
                  ".pth/.safetensors checkpoint. [dim]e.g. --model glip-t or --model runs/student/model_final.pth[/]"),
 ]
 ConfigOpt = Annotated[
-    str | None,
-    typer.Option("--config", "-c", help="Architecture: a preset (glip-t, glip-t-a, glip-l, glip-tiny) or an official "
-                 "GLIP yaml. Default: from the hub preset or the checkpoint's own metadata."),
+    list[str] | None,
+    typer.Option("--config", "-c", metavar="PRESET|YAML",
+                 help="Architecture: a preset (glip-t, glip-t-a, glip-l, glip-tiny) or an official GLIP yaml; "
+                 "repeat it to merge a task yaml over its base, as the official tools do "
+                 "(--config glip_Swin_T_O365_GoldG.yaml --config odinw/CottontailRabbits.yaml). Default: from the "
+                 "hub preset, the checkpoint's own metadata, or recognised from the checkpoint's keys and shapes."),
 ]
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="fp32 (default, exact), fp16 (T4/V100 GPUs) or bf16 (A100/H100): half "
@@ -50,6 +53,13 @@ def _startup() -> None:
 def _setup_logging(verbose: bool) -> None:
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+
+
+def _config_arg(config: list[str] | None) -> str | list[str] | None:
+    """--config as load_model takes it: None, one preset/yaml, or yamls to merge in order."""
+    if not config:
+        return None
+    return config[0] if len(config) == 1 else list(config)
 
 
 def _fail(message: str) -> None:
@@ -131,8 +141,9 @@ def annotate(
     _check_device_and_dtype(device, dtype)
     options = AnnotateOptions(
         source=source, out=out, prompt=prompt, classes_file=str(classes_file) if classes_file else None,
-        ontology=str(ontology) if ontology else None, model=None if random_init else model, config=config,
-        random_init=random_init, seed=seed, threshold=threshold, nms_iou=nms_iou, agnostic_nms=agnostic_nms,
+        ontology=str(ontology) if ontology else None, model=None if random_init else model,
+        config=_config_arg(config), random_init=random_init, seed=seed, threshold=threshold, nms_iou=nms_iou,
+        agnostic_nms=agnostic_nms,
         max_dets=max_dets, min_box_size=min_box_size, formats=tuple(f.strip() for f in format.split(",") if f.strip()),
         category_id_base=category_id_base, save_vis=save_vis, batch_size=batch_size, workers=workers, device=device,
         dtype=dtype, resume=resume, shard=shard, max_pixels=max_pixels,
@@ -243,8 +254,8 @@ def pseudo_caption(
     _setup_logging(verbose)
     _check_device_and_dtype(device, dtype)
     options = PseudoCaptionOptions(
-        source=source, out=out, model=None if random_init else model, config=config, random_init=random_init,
-        seed=seed, phrases=phrases, phrases_column=phrases_column,
+        source=source, out=out, model=None if random_init else model, config=_config_arg(config),
+        random_init=random_init, seed=seed, phrases=phrases, phrases_column=phrases_column,
         classes_file=str(classes_file) if classes_file else None, image_column=image_column,
         caption_column=caption_column, image_root=image_root, split=split, box_floor=box_floor,
         batch_size=batch_size, device=device, dtype=dtype, resume=resume, shard=shard, engine=engine,
@@ -402,7 +413,7 @@ def evaluate(
     _setup_logging(verbose)
     _check_device_and_dtype(device, dtype)
     try:
-        predictor = load_model(model, config=config, device=device, dtype=dtype)
+        predictor = load_model(model, config=_config_arg(config), device=device, dtype=dtype)
         metrics = evaluate_files(predictor, val, batch_size=batch_size, progress=True)
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         _fail(str(exc))
@@ -473,6 +484,44 @@ def convert_weights(
         _fail(str(exc))
     Console().print(f"wrote {dst}: {stats['tensors']} tensors, {stats['bytes_out'] / 1e6:.1f} MB "
                     f"(from {stats['bytes_in'] / 1e6:.1f} MB)")
+
+
+@app.command(epilog="Example:\n\n  glip-label info glip_large_model.pth")
+def info(
+    checkpoint: Annotated[Path, typer.Argument(help="A .pth (official or glip-label) or .safetensors checkpoint.")],
+    ema: Annotated[bool, typer.Option(help="Describe 'model_ema' instead of 'model'.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the description as JSON.")] = False,
+) -> None:
+    """What a checkpoint holds: architecture, parameter count, dtype, prompt tuning and stored metadata."""
+    import json
+
+    from glip_label.weights import CheckpointError, describe_checkpoint
+
+    try:
+        facts = describe_checkpoint(checkpoint, prefer="model_ema" if ema else "model")
+    except (CheckpointError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    if json_out:
+        Console().print_json(json.dumps(facts))
+        return
+    prompt = facts["prompt_tuning"]
+    chosen_by = facts["architecture_source"] or "no released layout matches"
+    table = Table(title=str(checkpoint), show_header=False)
+    rows = [
+        ("architecture", f"{facts['architecture'] or 'unknown'} ({chosen_by})"),
+        ("layout", facts["layout"]),
+        ("parameters", f"{facts['parameters'] / 1e6:.1f} M in {facts['tensors']} tensors"),
+        ("dtype", ", ".join(f"{k} ({v / 1e6:.1f} M)" for k, v in facts["dtypes"].items()) or "none"),
+        ("prompt tuning", f"yes: {prompt['rows']} x {prompt['width']} prompt rows, {prompt['nonzero_rows']} non-zero"
+         if prompt else "no"),
+        ("entries", ", ".join(facts["entries"]) + f" (model from {facts['source_entry']!r})" if facts["entries"]
+         else "a bare state dict"),
+        ("module. prefix", "yes" if facts["module_prefix"] else "no"),
+        ("stored config", json.dumps(facts["stored_config"]) if facts["stored_config"] else "none"),
+    ]
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -326,7 +326,7 @@ def filter_detections(
 
 def load_model(
     weights: str | Path | None,
-    config: GLIPConfig | str | Path | None = None,
+    config: GLIPConfig | str | Path | Sequence[str | Path] | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | str = torch.float32,
     seed: int | None = None,
@@ -337,11 +337,21 @@ def load_model(
 ) -> GLIPPredictor:
     """Load GLIP from a hub preset name ("glip-t", "glip-l", ...), a local .pth/.safetensors, or build it at random.
 
-    config: a preset name, an official yaml path or a GLIPConfig; by default taken from the hub preset, from
-    the metadata glip-label stores in its own checkpoints, or "glip-t".
+    config: a preset name, an official yaml path, a list of yamls (task configs merged over their base) or a
+    GLIPConfig. By default it comes from the hub preset, else from the metadata glip-label stores in its own
+    checkpoints, else from the checkpoint's keys and shapes (the released layouts: glip-tiny, GLIP-T(A),
+    GLIP-T, GLIP-L; the choice is logged). A prompt-tuned checkpoint (`rpn.tunable_linear.weight`) is built
+    as `PromptTunedGLIP`, so its prompt is used.
     weights=None builds a randomly initialised model (seeded by `seed`), for tests, benchmarks and training.
     """
-    from glip_label.weights import load_state_dict_strict, read_checkpoint, read_config_metadata, resolve_weights
+    from glip_label.weights import (
+        PROMPT_KEY,
+        guess_preset,
+        load_state_dict_strict,
+        read_checkpoint,
+        read_config_metadata,
+        resolve_weights,
+    )
 
     dtype = parse_dtype(dtype)
     check_device(device)
@@ -354,14 +364,24 @@ def load_model(
         return GLIPPredictor(GLIP(cfg), device, dtype, source=None, pad_prompt=pad_prompt, cache_text=cache_text)
 
     path, preset = resolve_weights(weights, revision=revision)
-    if config is None:
-        stored = read_config_metadata(path)
-        cfg = GLIPConfig.from_dict(stored) if stored else resolve_config(preset)
-    else:
-        cfg = resolve_config(config)
     state = read_checkpoint(path, prefer=prefer)
+    if config is not None:
+        cfg = resolve_config(config)
+    elif stored := read_config_metadata(path):
+        cfg = GLIPConfig.from_dict(stored)
+    elif preset is not None:
+        cfg = resolve_config(preset)
+    elif (recognised := guess_preset(state)) is not None:
+        log.info("%s: no config given and none stored; keys and shapes are those of %s", path, recognised)
+        cfg = resolve_config(recognised)
+    else:
+        cfg = resolve_config(None)  # the mismatch error below describes the unknown layout
     with torch.device("meta"):
-        model = GLIP(cfg)
+        model: torch.nn.Module = GLIP(cfg)
+        if PROMPT_KEY in state:
+            from glip_label.train.loop import PromptTunedGLIP
+
+            model = PromptTunedGLIP(model, num_rows=int(state[PROMPT_KEY].shape[0]))
     model = model.to_empty(device="cpu")
     _restore_buffers(model)
     load_state_dict_strict(model, state, source=str(path))

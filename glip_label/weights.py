@@ -68,6 +68,8 @@ IGNORABLE_KEY_PATTERNS: tuple[re.Pattern[str], ...] = tuple(
 # dropping them is worth a warning.
 _BEHAVIOUR_CHANGING_PATTERN = re.compile(r"^rpn\.tunable_linear\.")
 
+# The official prompt-tuning parameter (ADD_LINEAR_LAYER, glip-spec §6.6): one row added per text token.
+PROMPT_KEY = "rpn.tunable_linear.weight"
 MODULE_PREFIX = "module."
 _ANCHOR_PREFIX = "rpn.anchor_generator."
 SAFETENSORS_CONFIG_KEY = "glip_label_config"
@@ -617,6 +619,54 @@ def _torch_config_metadata(obj: Any) -> dict[str, Any] | None:
     return dict(config) if isinstance(config, Mapping) else None
 
 
+def describe_checkpoint(path: str | Path, prefer: str = "model") -> dict[str, Any]:
+    """What a checkpoint holds, for `glip-label info`: architecture, size, dtypes, prompt, metadata.
+
+    The architecture is the stored glip-label config when there is one, else the released layout the
+    keys and shapes match (`guess_preset`), else None with the layout spelled out. Tensors stay
+    memory-mapped: only shapes and dtypes are read, except the prompt rows of a prompt-tuned file.
+    """
+    path = Path(path)
+    entries: list[str] = []
+    source_entry: str | None = None
+    if path.suffix == ".safetensors":
+        raw_state = _load_safetensors(path)
+        stored_config = read_config_metadata(path)
+    else:
+        snapshot = _load_torch_file(path)
+        raw_state, source_entry = _extract_state_dict(snapshot, path, prefer)
+        entries = [str(k) for k in snapshot] if source_entry is not None else []
+        stored_config = _torch_config_metadata(snapshot)
+    state = _strip_module_prefix(raw_state)
+    floats = {k: v for k, v in state.items() if v.is_floating_point() and not k.startswith(_ANCHOR_PREFIX)}
+    dtypes: dict[str, int] = {}
+    for tensor in floats.values():
+        name = str(tensor.dtype).removeprefix("torch.")
+        dtypes[name] = dtypes.get(name, 0) + tensor.numel()
+    prompt = state.get(PROMPT_KEY)
+    prompt_info: dict[str, Any] | None = None
+    if prompt is not None:
+        rows_used = int((prompt.float().abs().sum(dim=1) > 0).sum())  # [rows, D] -> rows not all zero
+        prompt_info = {"rows": int(prompt.shape[0]), "width": int(prompt.shape[1]), "nonzero_rows": rows_used}
+    layout = _layout_of_shapes(state)
+    recognised = _preset_matching(layout)
+    return {
+        "path": str(path),
+        "architecture": (stored_config or {}).get("name") or recognised,
+        "architecture_source": "stored config" if stored_config else ("keys and shapes" if recognised else None),
+        "layout": layout.describe(),
+        "tensors": len(state),
+        "parameters": sum(t.numel() for t in floats.values()),
+        "dtypes": dtypes,
+        "module_prefix": bool(raw_state) and all(k.startswith(MODULE_PREFIX) for k in raw_state),
+        "entries": entries,
+        "source_entry": source_entry,
+        "prompt_tuning": prompt_info,
+        "stored_config": stored_config,
+        "bytes": path.stat().st_size,
+    }
+
+
 def convert_weights(
     src: str | Path,
     dst: str | Path,
@@ -797,6 +847,7 @@ __all__ = [
     "HUB_REPO",
     "HUB_FILES",
     "IGNORABLE_KEY_PATTERNS",
+    "PROMPT_KEY",
     "CheckpointError",
     "CheckpointMismatchError",
     "WeightsNotAvailableError",
@@ -811,4 +862,5 @@ __all__ = [
     "official_extra_buffers",
     "read_config_metadata",
     "convert_weights",
+    "describe_checkpoint",
 ]

@@ -26,10 +26,20 @@ BOX_TOL = 0.05  # px, original image coordinates
 SCORE_TOL = 1e-4
 
 
-@pytest.fixture(scope="session")
-def parity_predictor(parity_checkpoint: Path) -> GLIPPredictor:
+# How a user names the architecture: the preset, the fixture's own official yaml, or nothing at all (the
+# checkpoint carries no metadata: the architecture is recognised from its keys and shapes).
+CONFIG_CHOICES = ["preset", "official-yaml", "none"]
+
+
+def _config_for(choice: str, parity_dir: Path) -> str | None:
+    return {"preset": "glip-t", "official-yaml": str(parity_dir / "config" / "glip_Swin_T_O365_GoldG.yaml"),
+            "none": None}[choice]
+
+
+@pytest.fixture(scope="session", params=CONFIG_CHOICES)
+def parity_predictor(request, parity_dir: Path, parity_checkpoint: Path) -> GLIPPredictor:
     torch.set_num_threads(2)
-    return load_model(parity_checkpoint, config="glip-t")
+    return load_model(parity_checkpoint, config=_config_for(request.param, parity_dir))
 
 
 def _case(parity_dir: Path, name: str) -> dict:
@@ -180,12 +190,14 @@ def test_official_like_mode_matches_official_with_padded_prompt(parity_dir: Path
     assert _match_detections(expected["predictions"], det.boxes, det.scores, det.labels) == []
 
 
-def test_checkpoint_loads_strictly_and_drops_only_known_keys(parity_checkpoint: Path):
+@pytest.mark.parametrize("config_choice", CONFIG_CHOICES)
+def test_checkpoint_loads_strictly_and_drops_only_known_keys(parity_dir: Path, parity_checkpoint: Path,
+                                                             config_choice: str):
     from glip_label.weights import read_checkpoint
 
     state = read_checkpoint(parity_checkpoint)
     assert len(state) == 746 and not any(k.startswith("module.") for k in state)
-    predictor = load_model(parity_checkpoint, config="glip-t")
+    predictor = load_model(parity_checkpoint, config=_config_for(config_choice, parity_dir))
     model_keys = set(predictor.model.state_dict())
     dropped = sorted(set(state) - model_keys)
     assert dropped == sorted(

@@ -144,7 +144,7 @@ class AnnotateOptions:
     classes_file: str | None = None
     ontology: str | None = None
     model: str | None = "glip-t"
-    config: str | None = None
+    config: str | list[str] | None = None  # a preset, a yaml, or yamls merged in order
     random_init: bool = False
     seed: int = 0
     threshold: float = 0.35

@@ -39,7 +39,7 @@ class PseudoCaptionOptions:
     source: str
     out: Path
     model: str | None = "glip-t"
-    config: str | None = None
+    config: str | list[str] | None = None  # a preset, a yaml, or yamls merged in order
     random_init: bool = False
     seed: int = 0
     phrases: str = "auto"
