@@ -23,7 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-from pathlib import Path
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from glip_label.data.captions import (
@@ -32,11 +33,15 @@ from glip_label.data.captions import (
     ImageFile,
     ImageRef,
     TarMember,
+    _hf_image_ref,
+    _read_tar_member,
+    _rows_of,
     detect_source_kind,
     iter_captions,
     load_caption_image,
 )
 from glip_label.data.images import DEFAULT_MAX_PIXELS, ImageError, LoadedImage
+from glip_label.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +138,46 @@ class ImageResolver:
         return index
 
 
+def encoded_image_bytes(ref: ImageRef) -> bytes:
+    """The image's file bytes exactly as stored (no re-encoding), for `export_images`."""
+    if isinstance(ref, ImageFile):
+        return (Path(ref.root) / ref.file_name).read_bytes()
+    if isinstance(ref, TarMember):
+        return _read_tar_member(ref)
+    if isinstance(ref, DatasetRow):
+        ds, root = _rows_of(ref.source, ref.split, ref.column)
+        ref = _hf_image_ref(ds[ref.index][ref.column], root, ref.display_name)
+        return encoded_image_bytes(ref)
+    return ref.data
+
+
+def export_images(resolver: ImageResolver, file_names: Iterable[str], dest: str | Path) -> dict[str, int]:
+    """Write each named image to ``dest / file_name`` (its original bytes), for tools that need files on
+    disk (mmdet's and Open-GroundingDino's ODVG loaders join an image root and ``filename``).
+
+    A name that would leave ``dest`` (absolute, ``..``) or whose image cannot be read is counted, not
+    written. Returns {"exported", "skipped"}.
+    """
+    dest = Path(dest)
+    counts = {"exported": 0, "skipped": 0}
+    for name in dict.fromkeys(file_names):
+        rel = PurePosixPath(name.replace("\\", "/"))
+        ref = resolver.ref(name)
+        if rel.is_absolute() or ".." in rel.parts or ref is None:
+            log.warning("not exported: %s (%s)", name, "outside the export folder" if ref else "image not found")
+            counts["skipped"] += 1
+            continue
+        try:
+            data = encoded_image_bytes(ref)
+        except (OSError, ValueError, KeyError, IndexError) as exc:
+            log.warning("not exported: %s (%s)", name, exc)
+            counts["skipped"] += 1
+            continue
+        atomic_write_bytes(dest / rel, data)
+        counts["exported"] += 1
+    return counts
+
+
 def _read_run_json(folder: Path) -> dict[str, Any] | None:
     path = folder / RUN_JSON
     if not path.is_file():
@@ -162,4 +207,5 @@ def image_resolver(data_file: str | Path, root: str | Path | None = None) -> Ima
     return ImageResolver(folder)
 
 
-__all__ = ["DatasetRow", "ImageResolver", "TarMember", "image_resolver", "image_source_spec"]
+__all__ = ["DatasetRow", "ImageResolver", "TarMember", "encoded_image_bytes", "export_images", "image_resolver",
+           "image_source_spec"]
