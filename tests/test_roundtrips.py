@@ -354,7 +354,6 @@ def test_pseudo_caption_outputs_train_and_evaluate_without_root(captioned, tiny_
     assert metrics["num_unscored_captions"] == 0
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("kind", list(SOURCES))
 def test_train_student_cli_on_pseudo_caption_outputs(captioned, kind, tmp_path):
     """The README's step 2 -> 3 on each source kind: train-student --pseudo ... --val ...mdetr.json."""
