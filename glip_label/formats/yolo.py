@@ -4,7 +4,9 @@ Box convention: the normalised values come from the same COCO xywh as `glip_labe
 (w = x2 - x1 + 1 from GLIP "+1" xyxy): ``cx = (x1 + w / 2) / W``, ``w_n = w / W``. Reading inverts it
 (x1 = cx·W - w·W/2, x2 = x1 + w·W - 1). Values have 6 decimals, so a round trip is exact to about
 1e-6 of the image size. Boxes are clipped to the image first ([0, W-1] in "+1" pixels): Ultralytics
-rejects a whole label file when any value leaves [0, 1].
+rejects a whole label file when any value leaves [0, 1]. Consumers read ``cx ± w/2`` times the image
+size as continuous edges (Ultralytics, supervision's ``yolo_annotations_to_detections``): the box
+``[x1, x2 + 1)``, the same as the COCO ``[x, x + w)`` and ODVG ``[x1, x2 + 1]`` of the detection.
 
 Layout (``out_dir``), made for Ultralytics' loading rules (``ultralytics/data/utils.py``:
 ``check_det_dataset`` resolves ``path / train`` with ``Path.resolve()``, which follows symbolic links;
