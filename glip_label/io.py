@@ -34,7 +34,7 @@ def current_umask() -> int:
     return mask
 
 
-def _mkstemp_like_open(path: Path) -> tuple[int, str]:
+def mkstemp_like_open(path: Path) -> tuple[int, str]:
     """A temporary file beside `path` with the mode ``open(path, "w")`` would give it (0666 & ~umask)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -49,7 +49,7 @@ def _mkstemp_like_open(path: Path) -> tuple[int, str]:
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp_like_open(path)
+    fd, tmp = mkstemp_like_open(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -66,7 +66,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> I
     """Stream a large file to a temporary name; it appears at `path` only when the block finishes cleanly."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _mkstemp_like_open(path)
+    fd, tmp = mkstemp_like_open(path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh

@@ -37,7 +37,7 @@ from glip_label.data.grounding import load_sample_image, load_source
 from glip_label.data.image_refs import image_resolver
 from glip_label.data.images import ImageError
 from glip_label.formats.odvg import read_odvg
-from glip_label.io import atomic_write_text
+from glip_label.io import atomic_write_text, current_umask
 from glip_label.runs.annotate import AnnotateOptions, annotate
 from glip_label.runs.pseudo_caption import PseudoCaptionOptions, pseudo_caption
 from glip_label.train.evaluate import NothingEvaluatedError, evaluate_detection, evaluate_grounding
@@ -365,6 +365,10 @@ def test_train_student_cli_on_pseudo_caption_outputs(captioned, kind, tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((tmp_path / "student" / "metrics.json").read_text())
     assert metrics["num_unreadable_images"] == 0 and metrics["num_captions"] == len(CAPTIONS)
+    # checkpoints, weights and metrics get the mode open() gives under the umask too
+    expected = 0o666 & ~current_umask()
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "student").rglob("*") if p.is_file()}
+    assert "model_final.pth" in modes and set(modes.values()) == {expected}, modes
 
 
 def test_exported_images_serve_the_odvg_loaders(captioned):
