@@ -34,11 +34,16 @@ def current_umask() -> int:
     return mask
 
 
+def plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 minus the umask (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
 def mkstemp_like_open(path: Path) -> tuple[int, str]:
     """A temporary file beside `path` with the mode ``open(path, "w")`` would give it (0666 & ~umask)."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        os.fchmod(fd, 0o666 & ~current_umask())
+        os.fchmod(fd, plain_file_mode())
     except BaseException:
         os.close(fd)
         Path(tmp).unlink(missing_ok=True)

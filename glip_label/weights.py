@@ -32,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from glip_label.config import PRESETS, GLIPConfig
-from glip_label.io import mkstemp_like_open
+from glip_label.io import mkstemp_like_open, plain_file_mode
 
 HUB_REPO = "GLIPModel/GLIP"
 
@@ -743,6 +743,7 @@ def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, plain_file_mode())  # writers that replace the file (safetensors) lose the mode
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
