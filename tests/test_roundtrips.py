@@ -383,3 +383,29 @@ def test_exported_images_serve_the_odvg_loaders(captioned):
         with Image.open(abs_path) as image:
             assert image.convert("RGB").size == (rec["width"], rec["height"])
         assert stat.S_IMODE(os.stat(abs_path).st_mode) & stat.S_IROTH
+
+
+def test_a_name_shared_by_two_dataset_rows_is_not_guessed(tmp_path):
+    """Two rows of a datasets folder stored under one path: the resolver refuses to pick one."""
+    import io
+
+    import datasets
+
+    buffers = []
+    for i in range(3):
+        buffer = io.BytesIO()
+        Image.new("RGB", (20 + i, 10)).save(buffer, format="PNG")
+        buffers.append(buffer.getvalue())
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    rows = {"image": [{"bytes": b, "path": p} for b, p in zip(buffers, ["same.png", "same.png", "own.png"],
+                                                                strict=True)],
+            "caption": ["a", "b", "c"]}
+    datasets.Dataset.from_dict(rows, features=features).save_to_disk(str(tmp_path / "ds"))
+    (tmp_path / "out").mkdir()
+    spec = {"kind": "hf", "source": str(tmp_path / "ds"), "split": "train", "image_column": "image",
+            "caption_column": "caption", "image_root": None}
+    (tmp_path / "out" / "run.json").write_text(json.dumps({"image_root": None, "images": spec}))
+    resolver = image_resolver(tmp_path / "out" / "grounding.odvg.jsonl")
+    assert resolver.load("own.png").width == 22
+    shared = resolver.load("same.png")
+    assert isinstance(shared, ImageError) and "several images" in shared.reason

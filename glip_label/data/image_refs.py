@@ -87,6 +87,7 @@ class ImageResolver:
         self.spec = spec
         self.origin = origin
         self._index: dict[str, ImageRef] | None = None
+        self._ambiguous: set[str] = set()
 
     @property
     def description(self) -> str:
@@ -109,6 +110,8 @@ class ImageResolver:
     def load(self, file_name: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage | ImageError:
         ref = self.ref(file_name)
         if ref is None:
+            if file_name in self._ambiguous:
+                return ImageError(file_name, f"several images of {self.description} have this name", "missing")
             return ImageError(file_name, f"no image of this name in {self.description}", "missing")
         return load_caption_image(ref, max_pixels)
 
@@ -132,7 +135,15 @@ class ImageResolver:
             if isinstance(ref, ImageBytes):  # keep a pointer to the row, not the bytes
                 ref = DatasetRow(spec["source"], spec.get("split", "train"), spec.get("image_column", "image"),
                                  position, ref.display_name)
-            index.setdefault(ref.display_name, ref)
+            if ref.display_name in index or ref.display_name in self._ambiguous:
+                # two rows stored under one path: a name cannot tell them apart, so neither is guessed
+                index.pop(ref.display_name, None)
+                self._ambiguous.add(ref.display_name)
+                continue
+            index[ref.display_name] = ref
+        if self._ambiguous:
+            log.warning("%s: %d image names occur more than once; their records cannot be matched to an image",
+                        self.description, len(self._ambiguous))
         log.info("%s: %d images indexed", self.description, len(index))
         self._index = index
         return index
