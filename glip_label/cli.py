@@ -244,6 +244,10 @@ def pseudo_caption(
     threads: Annotated[int | None, typer.Option(help="torch threads per process (equal counts give bit-identical "
                                                 "records across engines).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
+    export_images: Annotated[bool, typer.Option(help="Also copy every grounded image to OUT/images/<file_name> "
+                                                "(for tools that need image files, e.g. mmdet's ODVG loader on "
+                                                "tar shards or a datasets folder; train-student and evaluate "
+                                                "read those sources directly).")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Ground the noun phrases of an image-caption corpus with GLIP (the paper's self-training data)."""
@@ -260,7 +264,7 @@ def pseudo_caption(
         caption_column=caption_column, image_root=image_root, split=split, box_floor=box_floor,
         batch_size=batch_size, device=device, dtype=dtype, resume=resume, shard=shard, engine=engine,
         ray_address=ray_address, ray_actors=ray_actors, ray_cpus_per_actor=ray_cpus_per_actor,
-        ray_gpus_per_actor=ray_gpus_per_actor, torch_threads=threads,
+        ray_gpus_per_actor=ray_gpus_per_actor, torch_threads=threads, export_images=export_images,
     )
     try:
         summary = run(options)
@@ -418,6 +422,11 @@ def evaluate(
     except (ValueError, FileNotFoundError, CheckpointError) as exc:
         _fail(str(exc))
     print_metrics_table(metrics, title=f"{model}")
+    for path, file_metrics in metrics["files"].items():
+        if file_metrics.get("num_unreadable_images"):
+            first = file_metrics["unreadable_images"][0]
+            console.print(f"[yellow]{path}: {file_metrics['num_unreadable_images']} images could not be read "
+                          f"(first: {first['file_name']}: {first['reason']})[/]")
     if json_out is not None:
         atomic_write_json(json_out, metrics)
 

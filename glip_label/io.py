@@ -2,6 +2,11 @@
 
 A reader (or a resumed run) therefore sees either the old file or the complete new one, never a
 half-written file, even after SIGKILL.
+
+Permissions: ``mkstemp`` creates its file with mode 0600 whatever the umask, so the temporary file is
+given the mode a plain ``open(path, "w")`` would have created (0666 minus the umask) before it is
+renamed into place. Outputs are read by teammates and by services running as another user (a Label
+Studio container serving the tasks); a private 0600 file would lock them out.
 """
 
 from __future__ import annotations
@@ -15,10 +20,41 @@ from pathlib import Path
 from typing import IO, Any
 
 
+def current_umask() -> int:
+    """The process umask. Linux exposes it read-only in /proc; elsewhere it is set and restored at once."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def plain_file_mode() -> int:
+    """The mode ``open(path, "w")`` gives a new file: 0666 minus the umask (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def mkstemp_like_open(path: Path) -> tuple[int, str]:
+    """A temporary file beside `path` with the mode ``open(path, "w")`` would give it (0666 & ~umask)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, plain_file_mode())
+    except BaseException:
+        os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return fd, tmp
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_like_open(path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -35,7 +71,7 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> I
     """Stream a large file to a temporary name; it appears at `path` only when the block finishes cleanly."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = mkstemp_like_open(path)
     try:
         with os.fdopen(fd, mode, encoding=None if "b" in mode else encoding) as fh:
             yield fh

@@ -22,7 +22,6 @@ import os
 import pickle
 import re
 import sys
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from glip_label.config import PRESETS, GLIPConfig
+from glip_label.io import mkstemp_like_open, plain_file_mode
 from glip_label.precision import parse_dtype
 
 HUB_REPO = "GLIPModel/GLIP"
@@ -773,11 +773,12 @@ def _contiguous_unshared(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
 def _atomic_save(path: Path, write: Callable[[Path], None]) -> None:
     """Write through `write(temporary_path)` in the same folder, fsync, then rename over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp_name = mkstemp_like_open(path)  # the mode open() would give, not mkstemp's 0600
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         write(tmp)
+        os.chmod(tmp, plain_file_mode())  # writers that replace the file (safetensors) lose the mode
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -209,7 +210,7 @@ def test_odvg_detection_records_validate_and_read_back(tmp_path: Path) -> None:
     first = lines[0]
     assert set(first) == {"filename", "height", "width", "detection"}
     inst = first["detection"]["instances"][0]
-    assert inst["bbox"] == [10.0, 20.0, 109.0, 219.0]  # xyxy written as is
+    assert inst["bbox"] == [10.0, 20.0, 110.0, 220.0]  # "+1" xyxy [10, 20, 109, 219] as continuous edges
     assert inst["label"] == 0 and inst["category"] == "person" and inst["score"] == pytest.approx(0.9)
     assert lines[2]["detection"]["instances"] == []  # a negative image is a valid OD record
     for line in lines:
@@ -249,7 +250,7 @@ def test_odvg_grounding_record_serves_both_loaders(tmp_path: Path) -> None:
         assert isinstance(region["phrase"], str) and len(region["bbox"]) == 4
         for s, e in region["tokens_positive"]:
             assert CAPTION[s:e] == region["phrase"]
-    assert grounding["regions"][2]["bbox"] == [303.0, 300.0, 443.0, 343.0] and grounding["regions"][2]["score"] == 0.66
+    assert grounding["regions"][2]["bbox"] == [303.0, 300.0, 444.0, 344.0] and grounding["regions"][2]["score"] == 0.66
     path = tmp_path / "vg.jsonl"
     atomic_write_jsonl(path, [rec])
     assert list(read_odvg(path)) == [rec]
@@ -422,9 +423,15 @@ def test_yolo_round_trip_layout_and_data_yaml(tmp_path: Path) -> None:
     assert counts == {"images": 4, "boxes": 6, "empty": 1, "outside": 0}
     assert (out / "labels" / "c.txt").read_text() == ""  # negatives get an empty file
     assert (out / "labels" / "sub" / "b.txt").exists() and (out / "labels" / "other" / "b.txt").exists()
-    assert (out / "images").resolve() == image_root.resolve()
+    # images/ is a real folder of per-image links (a folder link would be resolved away by Ultralytics)
+    assert (out / "images").is_dir() and not (out / "images").is_symlink()
+    for record in records:
+        link = out / "images" / record.file_name
+        assert link.is_symlink() and Path(os.readlink(link)) == image_root.resolve() / record.file_name
     cfg = yaml.safe_load((out / "data.yaml").read_text())
-    assert cfg["names"] == CATEGORIES and cfg["nc"] == 3 and (Path(cfg["path"]) / cfg["train"]).resolve() == image_root
+    assert cfg["names"] == CATEGORIES and cfg["nc"] == 3
+    assert (Path(cfg["path"]) / cfg["train"]).resolve() == (out / "images").resolve()
+    assert Path(cfg["image_root"]) == image_root.resolve()
     assert (out / "classes.txt").read_text().splitlines() == CATEGORIES
     line = (out / "labels" / "a.txt").read_text().splitlines()[0].split()
     assert line[0] == "0" and all(len(v.split(".")[1]) == 6 for v in line[1:])
@@ -433,8 +440,9 @@ def test_yolo_round_trip_layout_and_data_yaml(tmp_path: Path) -> None:
         np.testing.assert_array_equal(classes, record.detections.labels)
         tol = 1e-6 * max(record.width, record.height) * 2
         np.testing.assert_allclose(boxes, record.detections.boxes, atol=tol)
-    # a second export into the same folder is fine (the link already points at the image root)
+    # a second export into the same folder is fine; links of images no longer exported are removed
     write_yolo(out, records[:1], CATEGORIES, image_root)
+    assert sorted(p.name for p in (out / "images").rglob("*") if p.is_symlink()) == ["a.jpg"]
 
 
 def test_yolo_clips_and_rejects_ambiguous_names(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def _check_outputs(out: Path) -> list[dict]:
             spans = region["tokens_positive"]
             assert caption[spans[0][0] : spans[0][1]] == region["phrase"]
             x1, y1, x2, y2 = region["bbox"]
-            assert 0 <= x1 <= x2 <= rec["width"] - 1 and 0 <= y1 <= y2 <= rec["height"] - 1
+            assert 0 <= x1 < x2 <= rec["width"] and 0 <= y1 < y2 <= rec["height"]  # ODVG: continuous edges
             assert 0.05 <= region["score"] <= 1
     mdetr = read_mdetr(out / "grounding.mdetr.json")
     assert len(mdetr["images"]) == len(records)

@@ -29,6 +29,7 @@ source folder (folder, and jsonl/csv without an id column), the member key (webd
 from __future__ import annotations
 
 import csv
+import functools
 import glob
 import io
 import json
@@ -115,7 +116,26 @@ class ImageBytes:
         return self.name
 
 
-ImageRef = ImageFile | TarMember | ImageBytes
+@dataclass(frozen=True)
+class DatasetRow:
+    """The image of row ``index`` of a Hugging Face dataset, read only when it is loaded.
+
+    Readers of pseudo-caption outputs (`glip_label.data.image_refs`) point at rows this way, so a
+    corpus is never copied or held in memory: ``save_to_disk`` data is memory-mapped on first use.
+    """
+
+    source: str
+    split: str
+    column: str
+    index: int
+    name: str = ""
+
+    @property
+    def display_name(self) -> str:
+        return self.name or f"{os.path.basename(self.source.rstrip('/'))}[{self.index}]"
+
+
+ImageRef = ImageFile | TarMember | ImageBytes | DatasetRow
 
 
 @dataclass
@@ -918,7 +938,32 @@ def load_caption_image(
         return _decode_bytes(data, name, max_pixels)
     if isinstance(ref, ImageBytes):
         return _decode_bytes(ref.data, ref.display_name, max_pixels)
+    if isinstance(ref, DatasetRow):
+        return _load_dataset_row(ref, max_pixels)
     raise TypeError(f"unsupported image reference {type(ref).__name__}")
+
+
+@functools.lru_cache(maxsize=4)
+def _rows_of(source: str, split: str, column: str) -> tuple[Any, str]:
+    """A random-access dataset (its image column left undecoded) and its image root; one per process."""
+    datasets = _import_datasets()
+    ds, local_root = _open_hf(source, split, streaming=False)
+    if isinstance(ds.features.get(column), datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    return ds, local_root or os.getcwd()
+
+
+def _load_dataset_row(ref: DatasetRow, max_pixels: int | None) -> LoadedImage | ImageError:
+    name = ref.display_name
+    try:
+        ds, root = _rows_of(ref.source, ref.split, ref.column)
+        value = ds[ref.index][ref.column]
+        inner = _hf_image_ref(value, root, name)
+    except _BadRecord as exc:
+        return ImageError(name, str(exc), "missing")
+    except (OSError, IndexError, KeyError, ValueError, RuntimeError) as exc:
+        return ImageError(name, f"cannot read row {ref.index} of {ref.source} ({exc})", "missing")
+    return load_caption_image(inner, max_pixels)
 
 
 def _read_tar_member(ref: TarMember) -> bytes:

@@ -39,11 +39,13 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.ops import box_iou
 
 from glip_label.config import GLIPConfig
-from glip_label.data.images import ImageError, load_image
+from glip_label.data.captions import ImageRef, load_caption_image
+from glip_label.data.image_refs import ImageResolver, image_resolver
+from glip_label.data.images import ImageError, LoadedImage, load_image
 from glip_label.data.transforms import GLIPTransform, build_transform
 from glip_label.formats.coco import coerce_int, normalize_coco, xywh_to_xyxy
 from glip_label.formats.mdetr import normalize_mdetr
-from glip_label.formats.odvg import normalize_spans, read_odvg, region_boxes
+from glip_label.formats.odvg import normalize_spans, odvg_to_xyxy, read_odvg, region_boxes
 from glip_label.model.preprocess import batch_images
 from glip_label.text.prompts import (
     MAX_QUERY_LEN,
@@ -76,6 +78,8 @@ class GroundingSample:
                 detection samples, whose caption is drawn later)
     categories: per box, the class name (detection samples only)
     scores:     per box, the teacher's confidence; NaN for gold boxes; None when no box has a score
+    image_ref:  where the image is when it is not the file ``image_path`` (a tar member, a dataset row;
+                see `glip_label.data.image_refs`); ``image_path`` then only names it
     """
 
     image_path: Path
@@ -87,10 +91,18 @@ class GroundingSample:
     categories: list[str] | None
     scores: np.ndarray | None
     source: str
+    image_ref: ImageRef | None = None
 
     @property
     def is_detection(self) -> bool:
         return self.caption is None
+
+
+def load_sample_image(sample: GroundingSample) -> LoadedImage | ImageError:
+    """The sample's image, decoded like every image glip-label reads; never raises for a bad image."""
+    if sample.image_ref is not None:
+        return load_caption_image(sample.image_ref)
+    return load_image(sample.image_path.parent, sample.image_path.name)
 
 
 @dataclass
@@ -287,7 +299,7 @@ def _count(stats: dict[str, int], key: str, n: int = 1) -> None:
 
 def _finish_sample(
     stats: dict[str, int],
-    image_path: Path,
+    image: tuple[Path, ImageRef | None],
     width: int,
     height: int,
     caption: str | None,
@@ -314,7 +326,8 @@ def _finish_sample(
         caption, kept_spans = kept_phrases_caption(caption, kept_spans)
         _count(stats, "captions_cut_to_kept_phrases")
     return GroundingSample(
-        image_path=image_path,
+        image_path=image[0],
+        image_ref=image[1],
         width=width,
         height=height,
         caption=caption,
@@ -326,7 +339,14 @@ def _finish_sample(
     )
 
 
-def _load_coco(data: dict, root: Path, name: str, box_filter: BoxFilter, stats: dict):
+def _locate(images: ImageResolver, file_name: str) -> tuple[Path, ImageRef | None]:
+    """(path naming the image, reference when the image is not that file)."""
+    if not isinstance(file_name, str) or not file_name:
+        raise ValueError(f"image file name must be a non-empty string, got {file_name!r}")
+    return images.path(file_name), None if images.root is not None else images.ref(file_name)
+
+
+def _load_coco(data: dict, images: ImageResolver, name: str, box_filter: BoxFilter, stats: dict):
     data = normalize_coco(data)
     cats = sorted(data["categories"], key=lambda c: c["id"])
     names = [str(c["name"]) for c in cats]
@@ -348,7 +368,7 @@ def _load_coco(data: dict, root: Path, name: str, box_filter: BoxFilter, stats: 
         except KeyError as exc:
             raise ValueError(f"{name}: image {img['id']}: unknown category id {exc.args[0]}") from None
         sample = _finish_sample(
-            stats, root / img["file_name"], int(img["width"]), int(img["height"]), None,
+            stats, _locate(images, img["file_name"]), int(img["width"]), int(img["height"]), None,
             xywh_to_xyxy(_as_boxes([a["bbox"] for a in anns])), [[] for _ in anns], categories,
             [a.get("score") for a in anns], name, box_filter, keep_empty=not pseudo,
         )  # fmt: skip
@@ -357,7 +377,7 @@ def _load_coco(data: dict, root: Path, name: str, box_filter: BoxFilter, stats: 
     return samples, names
 
 
-def _load_mdetr(data: dict, root: Path, name: str, box_filter: BoxFilter, stats: dict):
+def _load_mdetr(data: dict, images: ImageResolver, name: str, box_filter: BoxFilter, stats: dict):
     data = normalize_mdetr(data)
     by_image: dict[Any, list[dict]] = {img["id"]: [] for img in data["images"]}
     for ann in data["annotations"]:
@@ -367,7 +387,7 @@ def _load_mdetr(data: dict, root: Path, name: str, box_filter: BoxFilter, stats:
         anns = [a for a in by_image[img["id"]] if not a.get("iscrowd")]
         spans = [[(int(s), int(e)) for s, e in a["tokens_positive"]] for a in anns]
         sample = _finish_sample(
-            stats, root / img["file_name"], int(img["width"]), int(img["height"]), img["caption"],
+            stats, _locate(images, img["file_name"]), int(img["width"]), int(img["height"]), img["caption"],
             xywh_to_xyxy(_as_boxes([a["bbox"] for a in anns])), spans, None,
             [a.get("score") for a in anns], name, box_filter, keep_empty=False,
         )  # fmt: skip
@@ -376,7 +396,7 @@ def _load_mdetr(data: dict, root: Path, name: str, box_filter: BoxFilter, stats:
     return samples
 
 
-def _load_odvg_grounding(path: Path, root: Path, name: str, box_filter: BoxFilter, stats: dict):
+def _load_odvg_grounding(path: Path, images: ImageResolver, name: str, box_filter: BoxFilter, stats: dict):
     samples = []
     for line_no, rec in enumerate(read_odvg(path), start=1):
         where = f"{path}:{line_no}"
@@ -395,8 +415,8 @@ def _load_odvg_grounding(path: Path, root: Path, name: str, box_filter: BoxFilte
                 spans.append(list(region_spans))
                 scores.append(region.get("score"))
         sample = _finish_sample(
-            stats, root / rec["filename"], coerce_int(rec["width"], f"{where} width"),
-            coerce_int(rec["height"], f"{where} height"), caption, _as_boxes(boxes), spans, None, scores,
+            stats, _locate(images, rec["filename"]), coerce_int(rec["width"], f"{where} width"),
+            coerce_int(rec["height"], f"{where} height"), caption, odvg_to_xyxy(_as_boxes(boxes)), spans, None, scores,
             name, box_filter, keep_empty=False,
         )  # fmt: skip
         if sample is not None:
@@ -406,7 +426,7 @@ def _load_odvg_grounding(path: Path, root: Path, name: str, box_filter: BoxFilte
 
 def _load_odvg_detection(
     path: Path,
-    root: Path,
+    images: ImageResolver,
     name: str,
     box_filter: BoxFilter,
     stats: dict,
@@ -438,8 +458,8 @@ def _load_odvg_detection(
             categories.append(str(category))
             scores.append(inst.get("score"))
         sample = _finish_sample(
-            stats, root / rec["filename"], coerce_int(rec["width"], f"{where} width"),
-            coerce_int(rec["height"], f"{where} height"), None, _as_boxes(boxes), [[] for _ in boxes],
+            stats, _locate(images, rec["filename"]), coerce_int(rec["width"], f"{where} width"),
+            coerce_int(rec["height"], f"{where} height"), None, odvg_to_xyxy(_as_boxes(boxes)), [[] for _ in boxes],
             categories, scores, name, box_filter, keep_empty=not pseudo,
         )  # fmt: skip
         if sample is not None:
@@ -455,25 +475,6 @@ def _load_odvg_detection(
     return samples, names
 
 
-def recorded_image_root(file_path: Path) -> Path | None:
-    """The image folder that `annotate` / `pseudo-caption` record in the run.json beside their outputs.
-
-    Their files name images relative to the labelled folder, not to the output folder, so without
-    this a user would have to write FILE@ROOT for our own outputs.
-    """
-    run_json = file_path.resolve().parent / "run.json"
-    if not run_json.is_file():
-        return None
-    try:
-        recorded = json.loads(run_json.read_text(encoding="utf-8")).get("image_root")
-    except (OSError, ValueError, AttributeError):
-        return None
-    if recorded and Path(recorded).is_dir():
-        log.info("%s: images resolve against %s (from %s)", file_path, recorded, run_json)
-        return Path(recorded)
-    return None
-
-
 def load_source(
     path: str | Path,
     root: str | Path | None = None,
@@ -486,7 +487,9 @@ def load_source(
 ) -> GroundingSource:
     """Read one training file (any of the four formats) into a `GroundingSource`.
 
-    path may be "FILE@ROOT". Image paths resolve against ROOT, else the file's folder.
+    path may be "FILE@ROOT". Images are found by `glip_label.data.image_refs.image_resolver`: ROOT,
+    else what the run.json beside the file records (our own outputs, including webdataset shards and
+    Hugging Face datasets), else the file's folder.
     min_score: pseudo boxes (those with a score) below it are dropped (the paper keeps > 0.5).
     min_box_size: boxes whose "+1" width or height is below it are dropped (after clipping).
     label_map: ODVG detection label map (dict or json path) for records without "category".
@@ -500,9 +503,8 @@ def load_source(
         file_path, root_path = Path(path), Path(root)
     if not file_path.is_file():
         raise FileNotFoundError(f"training data file {file_path} does not exist")
-    if root_path is None:
-        root_path = recorded_image_root(file_path)
-    base = root_path if root_path is not None else file_path.resolve().parent
+    images = image_resolver(file_path, root_path)
+    log.info("%s: images from %s", file_path, images.description)
     if weight < 0 or not math.isfinite(weight):
         raise ValueError(f"{file_path}: weight must be a finite number >= 0, got {weight}")
     if isinstance(label_map, (str, Path)):
@@ -514,14 +516,14 @@ def load_source(
     stats: dict[str, int] = {}
     categories: list[str] | None = None
     if fmt == "coco":
-        samples, categories = _load_coco(data, base, source_name, box_filter, stats)
+        samples, categories = _load_coco(data, images, source_name, box_filter, stats)
     elif fmt == "mdetr":
-        samples = _load_mdetr(data, base, source_name, box_filter, stats)
+        samples = _load_mdetr(data, images, source_name, box_filter, stats)
     elif fmt == "odvg-grounding":
-        samples = _load_odvg_grounding(file_path, base, source_name, box_filter, stats)
+        samples = _load_odvg_grounding(file_path, images, source_name, box_filter, stats)
     else:
         samples, categories = _load_odvg_detection(
-            file_path, base, source_name, box_filter, stats, label_map
+            file_path, images, source_name, box_filter, stats, label_map
         )
     stats["images"] = len(samples)
     log.info("%s (%s): %d images, %s", file_path, fmt, len(samples), stats)
@@ -876,7 +878,7 @@ class GroundingDataset(Dataset):
         sample_id = key.sample_id
         for _attempt in range(MAX_IMAGE_RETRIES):
             source, sample = self.locate(sample_id)
-            loaded = load_image(sample.image_path.parent, sample.image_path.name)
+            loaded = load_sample_image(sample)
             if not isinstance(loaded, ImageError):
                 break
             log.warning("skipping %s: %s", sample.image_path, loaded.reason)
@@ -1003,6 +1005,7 @@ __all__ = [
     "caption_positive_map",
     "detect_format",
     "detection_prompt",
+    "load_sample_image",
     "load_samples",
     "load_source",
     "parse_data_arg",

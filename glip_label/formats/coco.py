@@ -8,6 +8,10 @@ loader does). Following the official export matters because that is what the pub
 were measured with; the same file read back by GLIP-style training gives the boxes it was written from.
 ``bbox`` and ``area`` are rounded to 2 decimals (0.01 px is far below labelling noise and halves file
 size); ``score`` to 6. The convention is also stated in the file's ``info`` block.
+Consumers read ``bbox`` as the continuous box x <= u < x + w (pycocotools' ``area = w * h``,
+supervision's ``xyxy = [x, y, x + w, y + h]``, the ``coco2odvg`` converters of mmdet and
+Open-GroundingDino): the same box as our ODVG ``[x1, y1, x2 + 1, y2 + 1]``, YOLO and Label Studio
+files (tests/test_roundtrips.py checks each consumer's rule).
 
 Ids follow what CVAT, pycocotools and detectron2 enforce: category ids start at ``category_id_base``
 (1 by default; NVIDIA TAO wants 0), image and annotation ids start at 1 (pycocotools' evaluation

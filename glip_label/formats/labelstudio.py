@@ -6,7 +6,9 @@ size (0-100, top-left origin), the format of HumanSignal's ML backends (formats-
 
 Box convention: the percentages come from the same xywh as the COCO export (w = x2 - x1 + 1 from
 GLIP "+1" xyxy pixels), so ``x = x1 / W · 100`` and ``width = w / W · 100``, after clipping the box to
-the image (Label Studio draws regions beyond 100 % off the canvas). The task-level ``score`` is the
+the image (Label Studio draws regions beyond 100 % off the canvas). Label Studio and its SDK's
+converters read the region as ``x · W / 100`` .. ``(x + width) · W / 100`` pixels: the same box as the
+COCO ``[x, x + w)`` and ODVG ``[x1, x2 + 1]`` of the detection. The task-level ``score`` is the
 mean box score (0 for an image without boxes): sorting tasks by it ascending puts the least certain
 images first, which is what a review pass wants.
 """

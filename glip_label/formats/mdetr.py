@@ -6,7 +6,8 @@ This is the format of MDETR's GoldG files (``final_mixed_train_no_coco.json``,
 
 Box convention: ``bbox`` is COCO xywh written like the official GLIP export, w = x2 - x1 + 1 from
 the records' "+1" xyxy; GLIP's grounding loader reads it back with x2 = x + w - 1, so the boxes it
-trains on are exactly the ones labelled. Rounded to 2 decimals.
+trains on are exactly the ones labelled, and COCO tools read the continuous box [x, x + w), the same
+box as the ODVG file of the same run. Rounded to 2 decimals.
 
 Differences from MDETR's own files, on purpose: image and annotation ids start at 1 (pycocotools'
 matcher treats annotation id 0 as unmatched), ``categories`` is ``[{"id": 1, "name": "object"}]``

@@ -1,8 +1,15 @@
 """ODVG records (JSON Lines, one image per line), as Open-GroundingDino and mmdetection train on them.
 
-Box convention: ODVG ``bbox`` is absolute-pixel ``[x1, y1, x2, y2]``; glip-label writes its records'
-GLIP "+1" xyxy boxes as they are (rounded to 2 decimals, like the reference converters), so reading
-gives back the record's boxes. No "+1" is added: both loaders use the xyxy numbers directly.
+Box convention: ODVG ``bbox`` is absolute-pixel ``[x1, y1, x2, y2]`` with CONTINUOUS edges: the box
+spans x1 <= x < x2, so its width is x2 - x1. That is how both consumers read it: mmdet's
+``ODVGDataset.load_data_list`` and Open-GroundingDino's ``ODVGDataset`` take the numbers as they are,
+and both projects' ``coco2odvg`` converters write ``[x, y, x + w, y + h]`` from a COCO ``bbox``.
+glip-label's records hold GLIP "+1" xyxy (a box over pixel columns x1..x2 is x2 - x1 + 1 wide), so the
+writer adds the "+1" to the far edge (``x2_odvg = x2 + 1``) and the readers take it off again. One
+detection is thus the same box in every format glip-label writes: COCO ``[x1, y1, w, h]``, YOLO
+``cx, w`` (normalised), Label Studio ``x, width`` (percent) and ODVG ``[x1, y1, x1 + w, y1 + h]``,
+all with w = x2 - x1 + 1 (tests/test_roundtrips.py states each consumer's reading rule). Rounded to
+2 decimals, like the reference converters.
 
 Records are written so that BOTH consumers can load them (formats-and-peers.md §2.2):
 - detection: integer ``label`` (key into a 0-based ``label_map`` json; Open-GroundingDino looks up
@@ -39,6 +46,20 @@ def _box_list(box: Sequence[float]) -> list[float]:
     return [round(float(v), BBOX_DECIMALS) for v in box]
 
 
+def xyxy_to_odvg(boxes_xyxy: np.ndarray) -> np.ndarray:
+    """GLIP "+1" xyxy → ODVG continuous xyxy (x2 + 1, y2 + 1; see the module docstring). [N, 4] → [N, 4]."""
+    boxes = np.asarray(boxes_xyxy, dtype=np.float64).reshape(-1, 4).copy()
+    boxes[:, 2:] += 1.0
+    return boxes
+
+
+def odvg_to_xyxy(boxes_odvg: np.ndarray) -> np.ndarray:
+    """ODVG continuous xyxy → GLIP "+1" xyxy, the exact inverse of `xyxy_to_odvg`. [N, 4] → [N, 4]."""
+    boxes = np.asarray(boxes_odvg, dtype=np.float64).reshape(-1, 4).copy()
+    boxes[:, 2:] -= 1.0
+    return boxes
+
+
 def odvg_detection_record(record: ImageRecord, categories: list[str]) -> dict[str, Any]:
     """One OD line. ``record.detections.labels`` must be category indices (0-based into ``categories``)."""
     det = record.detections
@@ -53,7 +74,7 @@ def odvg_detection_record(record: ImageRecord, categories: list[str]) -> dict[st
             "category": categories[int(label)],
             "score": round(float(score), SCORE_DECIMALS),
         }
-        for box, label, score in zip(det.boxes, det.labels, det.scores, strict=True)
+        for box, label, score in zip(xyxy_to_odvg(det.boxes), det.labels, det.scores, strict=True)
     ]
     return {
         "filename": record.file_name,
@@ -117,7 +138,8 @@ def check_xyxy(bbox: Any, where: str) -> list[float]:
 def odvg_grounding_record(
     file_name: str, height: int, width: int, caption: str, regions: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """One VG line. ``regions``: dicts with ``bbox`` (one xyxy), ``tokens_positive`` (spans into
+    """One VG line. ``regions``: dicts with ``bbox`` (one GLIP "+1" xyxy, written as ODVG continuous
+    xyxy, see the module docstring), ``tokens_positive`` (spans into
     ``caption``), ``phrase`` (defaults to the text of the first span) and optional ``score``.
 
     An image without regions gives a record that mmdet loads but Open-GroundingDino does not
@@ -130,7 +152,8 @@ def odvg_grounding_record(
         phrase = region.get("phrase") or caption[spans[0][0] : spans[0][1]]
         if not isinstance(phrase, str):
             raise ValueError(f"{where}: phrase must be a string, got {phrase!r}")
-        out = {"bbox": _box_list(check_xyxy(region.get("bbox"), where)), "phrase": phrase, "tokens_positive": spans}
+        bbox = xyxy_to_odvg(np.array(check_xyxy(region.get("bbox"), where)))[0]
+        out = {"bbox": _box_list(bbox), "phrase": phrase, "tokens_positive": spans}
         if region.get("score") is not None:
             out["score"] = round(float(region["score"]), SCORE_DECIMALS)
         out_regions.append(out)
@@ -146,7 +169,7 @@ def record_from_odvg_detection(rec: dict[str, Any], categories: list[str]) -> Im
     """The inverse of `odvg_detection_record` (a missing ``score`` reads as 1.0, as for gold labels)."""
     instances = rec["detection"]["instances"]
     det = Detections(
-        np.array([inst["bbox"] for inst in instances], dtype=np.float64).reshape(-1, 4),
+        odvg_to_xyxy(np.array([inst["bbox"] for inst in instances], dtype=np.float64)),
         np.array([inst.get("score", 1.0) for inst in instances], dtype=np.float64),
         np.array([int(inst["label"]) for inst in instances], dtype=np.int64),
         list(categories),
@@ -188,7 +211,8 @@ def read_odvg(path: str | Path) -> Iterator[dict[str, Any]]:
 
 
 def region_boxes(region: dict[str, Any]) -> list[list[float]]:
-    """A region's boxes as a list of xyxy (mmdet allows one box or a list of boxes per region)."""
+    """A region's boxes as a list of ODVG (continuous) xyxy, as stored; mmdet allows one box or a list of
+    boxes per region. `odvg_to_xyxy` turns them into GLIP "+1" boxes."""
     bbox = region["bbox"]
     if len(bbox) and isinstance(bbox[0], (list, tuple)):
         return [[float(v) for v in b] for b in bbox]

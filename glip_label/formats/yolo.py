@@ -4,17 +4,25 @@ Box convention: the normalised values come from the same COCO xywh as `glip_labe
 (w = x2 - x1 + 1 from GLIP "+1" xyxy): ``cx = (x1 + w / 2) / W``, ``w_n = w / W``. Reading inverts it
 (x1 = cx·W - w·W/2, x2 = x1 + w·W - 1). Values have 6 decimals, so a round trip is exact to about
 1e-6 of the image size. Boxes are clipped to the image first ([0, W-1] in "+1" pixels): Ultralytics
-rejects a whole label file when any value leaves [0, 1].
+rejects a whole label file when any value leaves [0, 1]. Consumers read ``cx ± w/2`` times the image
+size as continuous edges (Ultralytics, supervision's ``yolo_annotations_to_detections``): the box
+``[x1, x2 + 1)``, the same as the COCO ``[x, x + w)`` and ODVG ``[x1, x2 + 1]`` of the detection.
 
-Layout (``out_dir``):
+Layout (``out_dir``), made for Ultralytics' loading rules (``ultralytics/data/utils.py``:
+``check_det_dataset`` resolves ``path / train`` with ``Path.resolve()``, which follows symbolic links;
+``img2label_paths`` finds an image's labels by replacing the LAST ``/images/`` of the image path with
+``/labels/``; ``ultralytics/data/base.py::BaseDataset.get_img_files`` globs ``train/**/*.*``; the label
+cache is written to ``Path(label_files[0]).parent.with_suffix(".cache")``):
+- ``images/<file_name>``: one symbolic link per image to the user's file (never copied or moved).
+  ``images`` itself is a real folder, so the resolved ``train`` path stays in out_dir and the image
+  paths Ultralytics globs are ``out_dir/images/a/x.jpg``, whose labels it looks for at
+  ``out_dir/labels/a/x.txt``, exactly where they are. Its ``.cache`` file (and ``cache="disk"``
+  ``.npy`` files) land in out_dir, never in the user's image folder;
 - ``labels/<file_name without suffix>.txt``: the file name's sub-folders are kept, so ``a/x.jpg`` and
   ``b/x.jpg`` do not collide; an image without boxes gets an EMPTY file (a known negative, not a
   missing label);
-- ``images`` → a symbolic link to the image root (the user's images are never copied or moved).
-  Ultralytics finds an image's labels by replacing the last ``/images/`` of its path with
-  ``/labels/``, so ``out_dir/images/a/x.jpg`` maps to ``out_dir/labels/a/x.txt``;
-- ``data.yaml``: ``path`` (out_dir), ``train``/``val`` (``images``, i.e. the image root through the
-  link), ``nc``, ``names``; ``image_root`` records the real folder;
+- ``data.yaml``: ``path`` (out_dir), ``train``/``val`` (``images``), ``nc``, ``names``;
+  ``image_root`` records the real folder;
 - ``classes.txt``: the names, one per line (LabelImg / X-AnyLabeling read it).
 """
 
@@ -71,14 +79,35 @@ def yolo_lines(boxes_xyxy: np.ndarray, class_ids: np.ndarray, width: int, height
     ]
 
 
-def _link_images(out_dir: Path, image_root: Path) -> None:
-    link = out_dir / "images"
-    target = image_root.resolve()
-    if link.is_symlink() or link.exists():
-        if link.resolve() == target:
-            return
-        raise FileExistsError(f"{link} exists and is not the image root {target}; choose another output folder")
-    os.symlink(target, link, target_is_directory=True)
+def _link_images(out_dir: Path, image_root: Path, file_names: list[str]) -> None:
+    """``out_dir/images/<file_name>`` → the user's image, one link per image; stale links are removed.
+
+    Only symbolic links are ever created or removed under ``images/``: a real file there is not ours,
+    so it is an error rather than something to overwrite.
+    """
+    images = out_dir / "images"
+    if images.is_symlink():  # the folder link of earlier versions: Ultralytics resolves it away
+        images.unlink()
+    images.mkdir(parents=True, exist_ok=True)
+    root = image_root.resolve()
+    wanted: set[Path] = set()
+    for file_name in file_names:
+        link = images / PurePosixPath(file_name.replace("\\", "/"))
+        target = root / file_name
+        wanted.add(link)
+        if link.is_symlink():
+            if Path(os.readlink(link)) == target:
+                continue
+            link.unlink()
+        elif link.exists():
+            raise FileExistsError(f"{link} exists and is not a link made by glip-label; choose another output folder")
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, link)
+    for folder, _dirs, files in os.walk(images):
+        for name in files:
+            path = Path(folder) / name
+            if path.is_symlink() and path not in wanted:
+                path.unlink()
 
 
 def write_yolo(
@@ -92,18 +121,20 @@ def write_yolo(
 
     ``records``' labels must be category indices (0-based into ``categories``), which are the YOLO
     class ids. With ``link_images=False`` no link is made and ``data.yaml`` still names ``images``:
-    the caller arranges the images (e.g. copies them) before training.
+    the caller arranges the images (e.g. copies them to ``out_dir/images/<file_name>``) before training.
     """
     out_dir = Path(out_dir)
     image_root = Path(image_root)
     out_dir.mkdir(parents=True, exist_ok=True)
     seen: dict[PurePosixPath, str] = {}
+    file_names: list[str] = []
     counts = {"images": 0, "boxes": 0, "empty": 0, "outside": 0}
     for record in records:
         rel = yolo_label_relpath(record.file_name)
         if rel in seen:
             raise ValueError(f"{record.file_name!r} and {seen[rel]!r} would share the label file {rel}")
         seen[rel] = record.file_name
+        file_names.append(record.file_name)
         det = record.detections
         if len(det) and (det.labels.min() < 0 or det.labels.max() >= len(categories)):
             raise ValueError(f"{record.file_name}: label out of range 0..{len(categories) - 1}")
@@ -114,7 +145,7 @@ def write_yolo(
         counts["outside"] += len(det) - len(lines)
         counts["empty"] += not lines
     if link_images:
-        _link_images(out_dir, image_root)
+        _link_images(out_dir, image_root, file_names)
     data_yaml = {
         "path": str(out_dir.resolve()),
         "train": "images",
@@ -123,7 +154,7 @@ def write_yolo(
         "names": list(categories),
         "image_root": str(image_root.resolve()),
     }
-    header = "# Written by glip-label. 'images' links to image_root; labels/ mirrors its sub-folders.\n"
+    header = "# Written by glip-label. images/ links to each image under image_root; labels/ mirrors it.\n"
     atomic_write_text(out_dir / "data.yaml", header + yaml.safe_dump(data_yaml, sort_keys=False, allow_unicode=True))
     atomic_write_text(out_dir / "classes.txt", "".join(name + "\n" for name in categories))
     return counts

@@ -63,6 +63,7 @@ class PseudoCaptionOptions:
     ray_cpus_per_actor: float = 1.0
     ray_gpus_per_actor: float = 0.0
     torch_threads: int | None = None
+    export_images: bool = False
 
     def validate(self) -> None:
         if self.phrases not in PHRASE_MODES:
@@ -325,19 +326,35 @@ def _iter_results(out: Path, keys: Sequence[str]) -> Iterator[dict[str, Any]]:
         journal.close()
 
 
-def _image_root(options: PseudoCaptionOptions) -> str | None:
-    """The folder the records' file_names are relative to, for readers (train-student) that find images.
+def _recorded_root(images: dict[str, Any]) -> str | None:
+    """run.json's ``image_root``: the folder file names are relative to; None for streamed sources."""
+    from glip_label.data.image_refs import STREAMED_KINDS
 
-    None for sources whose images are not files on disk (tar members, Hugging Face image columns).
-    """
-    if options.image_root:
-        return str(Path(options.image_root).resolve())
-    source = Path(options.source)
-    if source.is_dir() and not any(source.glob("*.tar")) and not any(source.glob("*.arrow")):
-        return str(source.resolve())
-    if source.is_file() and source.suffix.lower() in (".jsonl", ".json", ".csv", ".tsv"):
-        return str(source.resolve().parent)
-    return None
+    if images["kind"] in STREAMED_KINDS:
+        return None
+    if images["image_root"]:
+        return images["image_root"]
+    source = Path(images["source"])
+    return str(source if source.is_dir() else source.parent)
+
+
+def _image_source(options: PseudoCaptionOptions) -> dict[str, Any]:
+    """run.json's record of the caption source, read by `glip_label.data.image_refs.image_resolver` to find
+    the images of webdataset shards and Hugging Face datasets (whose file names are not files on disk)."""
+    from glip_label.data.image_refs import image_source_spec
+
+    return image_source_spec(options.source, options.image_root, options.split, options.image_column,
+                             options.caption_column)
+
+
+def export_grounded_images(out: Path, keys: Sequence[str], images: dict[str, Any]) -> dict[str, int]:
+    """``--export-images``: OUT/images/<file_name> for every grounded pair, the original bytes."""
+    from glip_label.data.image_refs import ImageResolver, export_images
+
+    root = _recorded_root(images)
+    resolver = ImageResolver(Path(root)) if root else ImageResolver(spec=images, origin=str(out / "run.json"))
+    names = (r["record"]["file_name"] for r in _iter_results(out, keys) if r["ok"])
+    return export_images(resolver, names, out / "images")
 
 
 def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
@@ -371,13 +388,19 @@ def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
             mdetr.add(rec["file_name"], rec["height"], rec["width"], rec["caption"], rec["regions"], fields)
     summary = PseudoCaptionSummary(out, len(keys), grounded, skipped, boxes, seconds,
                                    len(keys) / seconds if seconds > 0 else 0.0)
+    images = _image_source(options)
+    files = {"odvg": "grounding.odvg.jsonl", "mdetr": "grounding.mdetr.json", "errors": "errors.jsonl"}
+    if options.export_images:
+        files["images"] = "images/"
+        images["exported"] = export_grounded_images(out, keys, images)
     atomic_write_json(out / "run.json", {
         "version": __version__,
-        "image_root": _image_root(options),
+        "image_root": _recorded_root(images),
+        "images": images,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "run_key": read_run_key(out),
         "counts": {"pairs": len(keys), "grounded": grounded, "skipped": skipped, "boxes": boxes},
         "timings": {"seconds": seconds, "pairs_per_second": summary.pairs_per_second},
-        "files": {"odvg": "grounding.odvg.jsonl", "mdetr": "grounding.mdetr.json", "errors": "errors.jsonl"},
+        "files": files,
     })
     return summary

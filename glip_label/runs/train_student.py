@@ -168,10 +168,14 @@ def evaluate_files(
 
 
 def _check_val_files(val: Sequence[str]) -> None:
+    """Before training: each --val file is COCO or MDETR, and its images can be read where evaluation looks."""
+    from glip_label.train.evaluate import check_images_readable
+
     for spec in val:
-        path, _ = parse_data_arg(spec)
+        path, root = parse_data_arg(spec)
         if detect_format(path) not in ("coco", "mdetr"):
             raise ValueError(f"{path}: --val takes COCO detection or MDETR-style grounding files")
+        check_images_readable(path, root)
 
 
 def train_student(options: TrainStudentOptions) -> dict[str, Any]:

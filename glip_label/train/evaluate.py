@@ -17,6 +17,7 @@ Both functions only call `predictor.predict(...)`, so any object with that metho
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +27,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from glip_label.data.images import ImageError, load_image
+from glip_label.data.image_refs import image_resolver
+from glip_label.data.images import ImageError
 from glip_label.formats.coco import BBOX_DECIMALS, evaluate_coco, read_coco, xywh_to_xyxy, xyxy_to_xywh
 from glip_label.formats.mdetr import read_mdetr
 from glip_label.records import Detections
@@ -36,6 +38,22 @@ log = logging.getLogger(__name__)
 
 GROUNDING_IOU = 0.5
 MAX_LISTED_PROBLEMS = 20
+
+
+class NothingEvaluatedError(ValueError):
+    """No image of a validation file could be read (or it has none): a metric of nothing is not a 0."""
+
+
+def _require_images(path: Path, attempted: int, unreadable: list[dict[str, str]], where: str) -> None:
+    """Raise when a metric would be computed on no image at all; the reason names the first failures."""
+    if attempted == 0:
+        raise NothingEvaluatedError(f"{path}: no image to evaluate on")
+    if len(unreadable) >= attempted:
+        first = "; ".join(f"{u['file_name']}: {u['reason']}" for u in unreadable[:3])
+        raise NothingEvaluatedError(
+            f"{path}: none of the {attempted} images could be read from {where} ({first}); "
+            f"give FILE@ROOT with the image folder"
+        )
 
 
 class PredictorLike(Protocol):
@@ -50,6 +68,22 @@ def _rescale_to_stated_size(detections: Detections, actual: tuple[int, int], sta
         return detections.boxes
     scale = np.array([stated[0] / actual[0], stated[1] / actual[1]] * 2)
     return detections.boxes * scale
+
+
+def check_images_readable(path: str | Path, image_root: str | Path | None = None, probe: int = 20) -> None:
+    """Fail early (before hours of training) when none of the first `probe` images of a validation file
+    can be read where `evaluate_detection` / `evaluate_grounding` will look for them."""
+    path = Path(path)
+    with open(path, encoding="utf-8") as fh:
+        names = list(dict.fromkeys(str(img.get("file_name")) for img in json.load(fh).get("images", [])))[:probe]
+    resolver = image_resolver(path, image_root)
+    failures = []
+    for name in names:
+        loaded = resolver.load(name)
+        if not isinstance(loaded, ImageError):
+            return
+        failures.append(loaded.to_dict())
+    _require_images(path, len(names), failures, resolver.description)
 
 
 def _progress(items: Sequence[Any], enabled: bool, desc: str):
@@ -74,12 +108,14 @@ def evaluate_detection(
     category_groups: named subsets of class names, e.g. {"base": [...], "novel": [...]}; each adds
     `ap_{name}` and `ap50_{name}` (COCOeval restricted to those categories) to the result.
 
-    image_root: where the gold file's file_names live (default: the gold file's folder).
+    image_root: where the gold file's file_names live (default: what the run.json beside it records,
+    else its folder; `glip_label.data.image_refs.image_resolver`).
     threshold: minimum score of a kept box (0 keeps everything the post-processing returns, as the
     official evaluation does). batch_size > 1 pads images together, which changes outputs slightly
     (glip-spec §9.13); 1 reproduces the official numbers.
     Returns the 12 COCOeval stats by name (ap, ap50, ...), num_results, num_images and the images that
-    could not be read (they simply have no predictions).
+    could not be read (they count as images without predictions, and are logged). Raises
+    `NothingEvaluatedError` when no image could be read.
     """
     gold_path = Path(gold_coco_path)
     gold = read_coco(gold_path)
@@ -88,7 +124,7 @@ def evaluate_detection(
         raise ValueError(f"{gold_path}: no categories, nothing to prompt with")
     names = [str(c["name"]) for c in categories]
     category_ids = [c["id"] for c in categories]
-    root = Path(image_root) if image_root is not None else gold_path.resolve().parent
+    resolver = image_resolver(gold_path, image_root)
     results: list[dict[str, Any]] = []
     unreadable: list[dict[str, str]] = []
     images = gold["images"]
@@ -96,7 +132,7 @@ def evaluate_detection(
     for batch in _progress(batches, progress, "evaluate"):
         readable = []
         for entry in batch:
-            loaded = load_image(root, entry["file_name"])
+            loaded = resolver.load(entry["file_name"])
             if isinstance(loaded, ImageError):
                 unreadable.append(loaded.to_dict())
             else:
@@ -119,8 +155,10 @@ def evaluate_detection(
                         "score": float(score),
                     }
                 )
+    _require_images(gold_path, len(images), unreadable, resolver.description)
     if unreadable:
-        log.warning("%d of %d gold images unreadable (no predictions for them)", len(unreadable), len(images))
+        log.warning("%d of %d gold images unreadable (no predictions for them); first: %s: %s", len(unreadable),
+                    len(images), unreadable[0]["file_name"], unreadable[0]["reason"])
     stats = evaluate_coco(gold, results)
     for group, group_names in (category_groups or {}).items():
         unknown = sorted(set(group_names) - set(names))
@@ -195,15 +233,17 @@ def evaluate_grounding(
 ) -> dict[str, Any]:
     """Phrase-grounding Recall@k (MDETR any-box protocol) on an MDETR-style grounding file.
 
-    Returns recall@k for each k, num_phrases (phrases with at least one gold box), num_captions, and
-    the captions that could not be scored (their phrases count as misses).
+    Returns recall@k for each k, num_phrases (phrases with at least one gold box), num_captions, the
+    captions that could not be scored (their phrases count as misses) and the unreadable images among
+    them. Images are found like `evaluate_detection` finds them. Raises `NothingEvaluatedError` when no
+    image could be read.
     """
     ks = sorted({int(k) for k in ks})
     if not ks or ks[0] < 1:
         raise ValueError(f"ks must be positive integers, got {ks}")
     gold_path = Path(mdetr_path)
     data = read_mdetr(gold_path)
-    root = Path(image_root) if image_root is not None else gold_path.resolve().parent
+    resolver = image_resolver(gold_path, image_root)
     by_image: dict[Any, list[dict[str, Any]]] = {img["id"]: [] for img in data["images"]}
     for ann in data["annotations"]:
         if not ann.get("iscrowd"):
@@ -213,6 +253,8 @@ def evaluate_grounding(
     num_phrases = 0
     num_captions = 0
     problems: list[dict[str, str]] = []
+    unreadable: list[dict[str, str]] = []
+    attempted: set[str] = set()
     cached: tuple[str, Any] | None = None  # MDETR files list each image once per caption, consecutively
     for entry in _progress(data["images"], progress, "grounding"):
         phrases = [p for p in _phrases_of(entry, by_image[entry["id"]]) if len(p.gold_boxes)]
@@ -221,7 +263,10 @@ def evaluate_grounding(
         num_captions += 1
         num_phrases += len(phrases)
         if cached is None or cached[0] != entry["file_name"]:
-            cached = (entry["file_name"], load_image(root, entry["file_name"]))
+            cached = (entry["file_name"], resolver.load(entry["file_name"]))
+            if entry["file_name"] not in attempted and isinstance(cached[1], ImageError):
+                unreadable.append(cached[1].to_dict())
+            attempted.add(entry["file_name"])
         loaded = cached[1]
         if isinstance(loaded, ImageError):
             problems.append({"file_name": entry["file_name"], "reason": loaded.reason})
@@ -240,6 +285,7 @@ def evaluate_grounding(
             rank = _first_hit_rank(detections, label, phrase.gold_boxes, boxes)
             for k in ks:
                 hits[k] += rank is not None and rank < k
+    _require_images(gold_path, len(attempted), unreadable, resolver.description)
     if problems:
         log.warning("%d captions could not be scored; their phrases count as misses", len(problems))
     recalls = {f"recall_at_{k}": (hits[k] / num_phrases if num_phrases else 0.0) for k in ks}
@@ -249,6 +295,8 @@ def evaluate_grounding(
         "num_captions": num_captions,
         "num_unscored_captions": len(problems),
         "unscored_captions": problems[:MAX_LISTED_PROBLEMS],
+        "num_unreadable_images": len(unreadable),
+        "unreadable_images": unreadable[:MAX_LISTED_PROBLEMS],
     }
 
 
@@ -277,4 +325,12 @@ def print_metrics_table(metrics: dict[str, Any], title: str = "Evaluation", cons
     (console or Console()).print(table)
 
 
-__all__ = ["GROUNDING_IOU", "PredictorLike", "evaluate_detection", "evaluate_grounding", "print_metrics_table"]
+__all__ = [
+    "GROUNDING_IOU",
+    "NothingEvaluatedError",
+    "PredictorLike",
+    "check_images_readable",
+    "evaluate_detection",
+    "evaluate_grounding",
+    "print_metrics_table",
+]
