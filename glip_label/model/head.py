@@ -89,21 +89,52 @@ class VLDyHead(nn.Module):
                 text_hidden = block(text_hidden, text.mask)
         return visual, text_hidden
 
+    @property
+    def tower_uses_text(self) -> bool:
+        """False for GLIP-T(A) (no fusion): the tower, box and centerness outputs depend on the image alone."""
+        return self.config.early_fuse
+
     def forward(self, visual: list[torch.Tensor], text: TextFeatures) -> HeadOutputs:
         visual, text_hidden = self.run_tower(visual, text)
+        box_regression, centerness = self.box_outputs(visual)
+        return HeadOutputs(box_regression, centerness, self.token_logits(visual, text, text_hidden))
+
+    def box_outputs(self, tower_visual: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: box deltas [B, 4, H_l, W_l] after the level scale, centerness logits [B, 1, H_l, W_l]."""
+        box_regression = [self.scales[level](self.bbox_pred(feature)) for level, feature in enumerate(tower_visual)]
+        return box_regression, [self.centerness(feature) for feature in tower_visual]
+
+    def run_visual_tower(self, visual: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The tower of a no-fusion head (DyConv blocks only), which needs no text.
+
+        Computed once per image batch and finished for each prompt chunk by `token_logits`: a large
+        vocabulary then costs one visual pass plus one dot product per chunk.
+        """
+        if self.tower_uses_text:
+            raise ValueError("this tower fuses text into the image features: run the whole head per prompt chunk")
+        for block in self.dyhead_tower:
+            visual = block(visual)
+        return visual
+
+    def token_logits(
+        self, tower_visual: list[torch.Tensor], text: TextFeatures, text_hidden: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Per level [B, H_l*W_l, T]: the scaled, biased dot product of tower features and token embeddings.
+
+        text_hidden: the tower's text output (fused models); None means the BERT output `text.hidden`.
+        """
+        text_hidden = text.hidden if text_hidden is None else text_hidden
         embedding = text_hidden if self.config.fused_features_dot_product else text.embedded
         embedding = F.normalize(embedding, p=2, dim=-1)  # [B, T, D]
         token_embeds = self.dot_product_projection_text(embedding / 2.0)  # [B, T, C]
         token_bias = torch.matmul(embedding, self.bias_lang) + self.bias0  # [B, T]
         inv_temperature = self.log_scale.exp()
-        box_regression, centerness, token_logits = [], [], []
-        for level, feature in enumerate(visual):
-            box_regression.append(self.scales[level](self.bbox_pred(feature)))
-            centerness.append(self.centerness(feature))
+        token_logits = []
+        for feature in tower_visual:
             queries = feature.flatten(2).transpose(1, 2)  # [B, H*W, C]
             logits = torch.matmul(queries, token_embeds.transpose(-1, -2)) / inv_temperature + token_bias[:, None, :]
             token_logits.append(logits.clamp(-CLAMP, CLAMP))  # [B, H*W, T]
-        return HeadOutputs(box_regression, centerness, token_logits)
+        return token_logits
 
 
 class VLDyHeadModule(nn.Module):
