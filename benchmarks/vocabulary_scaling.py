@@ -71,19 +71,21 @@ def run(args: argparse.Namespace) -> dict:
         "image": [args.height, args.width], "runs": args.runs, "rows": [],
     }
     out = Path(args.out_json)
+    models = {}
     for model_name in args.models:
         fast = random_glip(model_name, args.height, args.width)
-        modes = {
+        models[model_name] = {
             "fast": fast,
             "no-reuse": GLIPPredictor(fast.model, reuse_features=False),
             "official": GLIPPredictor(fast.model, pad_prompt=True, cache_text=False, reuse_features=False),
         }
-        for predictor in modes.values():
+        for predictor in models[model_name].values():
             predictor.config = fast.config  # random_glip's image size settings
         time_predict(fast, image, vocabulary(4), 1)  # warm-up: allocator, kernels
-        for size in sorted(args.sizes, reverse=True):  # the acceptance point (LVIS) first
-            names = vocabulary(size)
-            chunks = len(fast.encode_prompt(names))
+    for size in sorted(args.sizes, reverse=True):  # the acceptance point (LVIS) first
+        names = vocabulary(size)
+        for model_name, modes in models.items():
+            chunks = len(modes["fast"].encode_prompt(names))
             for mode, predictor in modes.items():
                 if mode == "official" and size not in args.official_sizes:
                     continue
@@ -93,11 +95,11 @@ def run(args: argparse.Namespace) -> dict:
                 times = time_predict(predictor, image, names, args.runs)
                 dcn.FAST_CPU_DCN = True
                 row = {"model": model_name, "classes": size, "chunks": chunks, "mode": mode,
-                       "seconds_per_image": min(times), "times_s": times}
+                       "seconds_per_image": min(times), "times_s": times, "load_average": os.getloadavg()}
                 results["rows"].append(row)
+                results["ratios"] = ratios(results["rows"])
                 print(json.dumps(row), flush=True)
                 out.write_text(json.dumps(results, indent=1))
-        del fast, modes
     results["machine"]["load_average_end"] = os.getloadavg()
     results["ratios"] = ratios(results["rows"])
     out.write_text(json.dumps(results, indent=1))
@@ -186,7 +188,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="320x480, 4 and 80 names, official-like at 80")
     parser.add_argument("--out-json", default=str(RESULTS / "vocabulary_scaling.json"))
     parser.add_argument("--out-png", default=str(RESULTS / "vocabulary_scaling.png"))
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from --out-json (no measuring)")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(Path(args.out_json).read_text()), Path(args.out_png))
+        return
     if args.quick:
         args.height, args.width, args.sizes, args.official_sizes = 320, 480, [4, 80], [80]
         args.out_json = args.out_json.replace(".json", "_quick.json")
