@@ -67,7 +67,7 @@ def test_parity_checkpoint_chunks_reuse_features_exactly(parity_dir: Path, parit
     cases = {c["case"]: c for c in json.loads((parity_dir / "cases.json").read_text())}
     names = _vocabulary(cases["coffee_det"]["classes"], 3, predictor)
     assert len(predictor.encode_prompt(names)) >= 3
-    boxes = _assert_same_detections(parity_dir / "inputs" / "coffee.png", names, predictor)
+    boxes = _assert_same_detections([parity_dir / "inputs" / "coffee.png"], names, predictor)
     assert boxes > 0
 
 
