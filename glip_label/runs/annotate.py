@@ -35,7 +35,7 @@ from glip_label.data.images import (
 )
 from glip_label.io import atomic_open, atomic_write_json, atomic_write_text, write_json_array
 from glip_label.records import Detections, ImageRecord, clip_to_image
-from glip_label.runs.engine import ItemResult, RayOptions, load_predictor, run_batches, set_threads
+from glip_label.runs.engine import ItemResult, PredictorLabeler, RayOptions, run_batches
 from glip_label.runs.journal import RunJournal, merge_run_dirs, parse_shard, read_run_key, shard_items
 
 log = logging.getLogger(__name__)
@@ -250,20 +250,13 @@ def _record(item: LoadedImage, det: Detections) -> dict[str, Any]:
     }
 
 
-class AnnotateLabeler:
+class AnnotateLabeler(PredictorLabeler):
     """The run engine's labeler for annotate: a batch of images (names or decoded) -> one result per image."""
 
     def __init__(self, options: AnnotateOptions, ontology: Ontology, root: Path, predictor=None) -> None:
-        self.options = options
+        super().__init__(options, predictor)
         self.ontology = ontology
         self.root = Path(root)
-        self.predictor = predictor
-
-    def load(self) -> None:
-        set_threads(self.options.torch_threads)
-        if self.predictor is None:
-            o = self.options
-            self.predictor = load_predictor(o.model, o.config, o.random_init, o.seed, o.device, o.dtype)
 
     def label_batch(self, batch: Sequence[str | LoadedImage | ImageError]) -> list[ItemResult]:
         """Names are decoded here (Ray actors); the local engine passes images its threads decoded."""
@@ -281,9 +274,6 @@ class AnnotateLabeler:
                                            (item.width, item.height))
             results.append(ItemResult(item.file_name, record=_record(item, det)))
         return results
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "predictor": None}  # Ray workers load their own model
 
 
 def _batches(names: Sequence[str], size: int) -> Iterator[list[str]]:

@@ -74,6 +74,24 @@ def run_batches(labeler: Labeler, batches: Iterable[Sequence[Any]], engine: str,
     return run_local(labeler, batches)
 
 
+class PredictorLabeler:
+    """Base of labelers whose options name a predictor (model, config, random_init, seed, device, dtype,
+    torch_threads): `load` builds it in the calling process; pickling leaves it out (workers load their own)."""
+
+    def __init__(self, options: Any, predictor=None) -> None:
+        self.options = options
+        self.predictor = predictor
+
+    def load(self) -> None:
+        set_threads(self.options.torch_threads)
+        if self.predictor is None:
+            o = self.options
+            self.predictor = load_predictor(o.model, o.config, o.random_init, o.seed, o.device, o.dtype)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "predictor": None}
+
+
 def load_predictor(model: str | None, config: str | None, random_init: bool, seed: int, device: str, dtype: str):
     """The predictor a run's options name: a checkpoint or preset, or a seeded random model (glip-tiny default)."""
     from glip_label.predictor import load_model

@@ -27,7 +27,7 @@ from glip_label.data.captions import CaptionError, CaptionItem, iter_captions, l
 from glip_label.data.images import DEFAULT_MAX_PIXELS, LoadedImage
 from glip_label.io import atomic_open, atomic_write_json
 from glip_label.records import clip_to_image
-from glip_label.runs.engine import ItemResult, RayOptions, load_predictor, run_batches, set_threads
+from glip_label.runs.engine import ItemResult, PredictorLabeler, RayOptions, run_batches
 from glip_label.runs.journal import RunJournal, parse_shard, read_run_key, shard_of
 
 log = logging.getLogger(__name__)
@@ -135,26 +135,15 @@ class PhraseFinder:
 # ------------------------------------------------------------------------------------------- one batch
 
 
-class PseudoCaptionLabeler:
+class PseudoCaptionLabeler(PredictorLabeler):
     """The run engine's labeler for pseudo-caption: picklable options, the teacher loaded by `load`."""
 
     def __init__(self, options: PseudoCaptionOptions, finder: PhraseFinder, predictor=None) -> None:
-        self.options = options
+        super().__init__(options, predictor)
         self.finder = finder
-        self.predictor = predictor
-
-    def load(self) -> None:
-        set_threads(self.options.torch_threads)
-        if self.predictor is None:
-            o = self.options
-            self.predictor = load_predictor(o.model, o.config, o.random_init, o.seed, o.device, o.dtype)
 
     def label_batch(self, batch: Sequence[tuple[str, CaptionItem | CaptionError]]) -> list[ItemResult]:
         return label_batch(self.predictor, self.finder, batch, self.options.box_floor, self.options.max_pixels)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"options": self.options, "finder": self.finder, "predictor": None}  # workers load their own
-
 
 def label_batch(predictor, finder: PhraseFinder, entries: Sequence[tuple[str, CaptionItem | CaptionError]],
                 box_floor: float, max_pixels: int | None) -> list[ItemResult]:
