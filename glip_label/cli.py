@@ -39,6 +39,15 @@ ConfigOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")]
 DtypeOpt = Annotated[str, typer.Option(help="fp32 (default, exact), fp16 (T4/V100 GPUs) or bf16 (A100/H100): half "
                                        "precision, near-identical boxes; runs on CPU too, but is fast on GPUs only.")]
+EngineOpt = Annotated[str, typer.Option(help="local, or ray (a pool of long-lived Ray actors; same records as "
+                                        "local).")]
+RayAddressOpt = Annotated[str | None, typer.Option(help="Ray cluster address ('auto' after 'ray start'); default: "
+                                                   "a local instance.")]
+RayActorsOpt = Annotated[int, typer.Option(help="Model actors in the Ray pool (each loads the model once).")]
+RayCpusOpt = Annotated[float, typer.Option(help="CPUs per actor (fractions allowed).")]
+RayGpusOpt = Annotated[float, typer.Option(help="GPUs per actor. [dim]e.g. 1 with --ray-actors 8 on an 8-GPU node[/]")]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads per process (equal counts give bit-identical "
+                                                "records across engines).")]
 
 
 @app.callback()
@@ -86,7 +95,9 @@ def _check_device_and_dtype(device: str | None, dtype: str | None = None, amp: s
     "  glip-label annotate ./images --classes-file prompts/coco80.txt --format coco,yolo --save-vis 20\n\n"
     "  glip-label annotate ./images --ontology prompts/ontology-example.yaml --agnostic-nms\n\n"
     "  glip-label annotate 'data/**/*.jpg' --prompt 'car.' --shard 0/4 --out runs/cars-0   (then: glip-label merge)\n\n"
-    "  glip-label annotate ./images --prompt 'cat.' --out runs/x --resume   (continue an interrupted run)"
+    "  glip-label annotate ./images --prompt 'cat.' --out runs/x --resume   (continue an interrupted run)\n\n"
+    "  glip-label annotate /shared/images --classes-file prompts/lvis.txt --engine ray --ray-address auto "
+    "--ray-actors 8 --ray-gpus-per-actor 1 --device cuda --out runs/lvis"
 )
 def annotate(
     source: Annotated[str, typer.Argument(help="Image folder (recursive), glob pattern ('data/**/*.jpg') or a .txt "
@@ -129,6 +140,12 @@ def annotate(
                                               "processes or machines; join with 'glip-label merge'.")] = None,
     max_pixels: Annotated[int, typer.Option(help="Reject images larger than this many pixels (decompression "
                                             "bombs).")] = 178_956_970,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_actors: RayActorsOpt = 1,
+    ray_cpus_per_actor: RayCpusOpt = 1.0,
+    ray_gpus_per_actor: RayGpusOpt = 0.0,
+    threads: ThreadsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
@@ -146,7 +163,9 @@ def annotate(
         agnostic_nms=agnostic_nms,
         max_dets=max_dets, min_box_size=min_box_size, formats=tuple(f.strip() for f in format.split(",") if f.strip()),
         category_id_base=category_id_base, save_vis=save_vis, batch_size=batch_size, workers=workers, device=device,
-        dtype=dtype, resume=resume, shard=shard, max_pixels=max_pixels,
+        dtype=dtype, resume=resume, shard=shard, max_pixels=max_pixels, engine=engine, ray_address=ray_address,
+        ray_actors=ray_actors, ray_cpus_per_actor=ray_cpus_per_actor, ray_gpus_per_actor=ray_gpus_per_actor,
+        torch_threads=threads,
     )
     try:
         summary = run_annotate(options)
@@ -235,14 +254,12 @@ def pseudo_caption(
     dtype: DtypeOpt = "fp32",
     resume: Annotated[bool, typer.Option(help="Continue an interrupted run in OUT.")] = False,
     shard: Annotated[str | None, typer.Option(help="Process only shard i of N ('i/N', 0-based).")] = None,
-    engine: Annotated[str, typer.Option(help="local, or ray (Ray Data actor pool; same records as local).")] = "local",
-    ray_address: Annotated[str | None, typer.Option(help="Ray cluster address ('auto' after 'ray start'); default: "
-                                                    "a local instance.")] = None,
-    ray_actors: Annotated[int, typer.Option(help="Model actors in the Ray pool.")] = 1,
-    ray_cpus_per_actor: Annotated[float, typer.Option(help="CPUs per actor (fractions allowed).")] = 1.0,
-    ray_gpus_per_actor: Annotated[float, typer.Option(help="GPUs per actor.")] = 0.0,
-    threads: Annotated[int | None, typer.Option(help="torch threads per process (equal counts give bit-identical "
-                                                "records across engines).")] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
+    ray_actors: RayActorsOpt = 1,
+    ray_cpus_per_actor: RayCpusOpt = 1.0,
+    ray_gpus_per_actor: RayGpusOpt = 0.0,
+    threads: ThreadsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
     export_images: Annotated[bool, typer.Option(help="Also copy every grounded image to OUT/images/<file_name> "
                                                 "(for tools that need image files, e.g. mmdet's ODVG loader on "

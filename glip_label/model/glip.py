@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
@@ -15,6 +17,22 @@ from glip_label.model.head import HeadOutputs, VLDyHeadModule
 from glip_label.model.language import LanguageBackbone, TextFeatures, bert_config
 from glip_label.model.swin import SwinTransformer
 from glip_label.model.timm_body import TimmBody
+
+
+@dataclass
+class VisualFeatures:
+    """What an image batch contributes to every prompt chunk, computed once by `GLIP.encode_images`.
+
+    fpn:            [P3..P7], each [B, C, H_l, W_l] (backbone + FPN)
+    tower:          no-fusion heads only (else None): the DyHead tower's output per level
+    box_regression: no-fusion heads only: the final box deltas per level, [B, 4, H_l, W_l]
+    centerness:     no-fusion heads only: the final centerness logits per level, [B, 1, H_l, W_l]
+    """
+
+    fpn: list[torch.Tensor]
+    tower: list[torch.Tensor] | None = None
+    box_regression: list[torch.Tensor] | None = None
+    centerness: list[torch.Tensor] | None = None
 
 
 class VisionBackbone(nn.Module):
@@ -66,3 +84,25 @@ class GLIP(nn.Module):
         """images: [B, 3, H, W] normalised and padded to the size divisibility; text: batch 1 or B."""
         visual = self.backbone(images)  # [P3..P7], each [B, C, H_l, W_l]
         return self.rpn.head(visual, text.expand(images.shape[0]))
+
+    def encode_images(self, images: torch.Tensor) -> VisualFeatures:
+        """Everything that does not depend on the prompt, for `decode` to reuse across prompt chunks.
+
+        Backbone + FPN always; for heads without early fusion (GLIP-T(A)) also the DyHead tower and the box
+        and centerness outputs, so that each chunk only adds its token dot product.
+        """
+        fpn = self.backbone(images)
+        head = self.rpn.head
+        if head.tower_uses_text:
+            return VisualFeatures(fpn)
+        tower = head.run_visual_tower(fpn)
+        box_regression, centerness = head.box_outputs(tower)
+        return VisualFeatures(fpn, tower, box_regression, centerness)
+
+    def decode(self, visual: VisualFeatures, text: TextFeatures) -> HeadOutputs:
+        """The head for one prompt chunk on features from `encode_images`: equal to `forward` on the same images."""
+        batch = visual.fpn[0].shape[0]
+        if visual.tower is None:
+            return self.rpn.head(visual.fpn, text.expand(batch))
+        token_logits = self.rpn.head.token_logits(visual.tower, text.expand(batch))
+        return HeadOutputs(visual.box_regression, visual.centerness, token_logits)

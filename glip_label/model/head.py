@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -51,6 +53,21 @@ class TextPassThrough(nn.Module):
         return text_hidden
 
 
+@contextmanager
+def fp32_island(device_type: str) -> Iterator[bool]:
+    """Under AMP, run the scores in fp32 (yields True; the caller casts its inputs); else do nothing.
+
+    The token logits are dot products divided by the temperature, which multiplies a half-precision rounding
+    error many times (x90 at log_scale -4.5); these 1x1 convs and one matmul per level cost little next to the
+    tower.
+    """
+    if not torch.is_autocast_enabled(device_type):
+        yield False
+        return
+    with torch.autocast(device_type, enabled=False):
+        yield True
+
+
 class VLDyHead(nn.Module):
     def __init__(self, config: GLIPConfig) -> None:
         super().__init__()
@@ -89,34 +106,65 @@ class VLDyHead(nn.Module):
                 text_hidden = block(text_hidden, text.mask)
         return visual, text_hidden
 
+    @property
+    def tower_uses_text(self) -> bool:
+        """False for GLIP-T(A) (no fusion): the tower, box and centerness outputs depend on the image alone."""
+        return self.config.early_fuse
+
     def forward(self, visual: list[torch.Tensor], text: TextFeatures) -> HeadOutputs:
         visual, text_hidden = self.run_tower(visual, text)
-        device_type = visual[0].device.type
-        if not torch.is_autocast_enabled(device_type):
-            return self.predict_outputs(visual, text_hidden, text.embedded)
-        # fp32 island under AMP (the scores): the token logits are dot products divided by the temperature, which
-        # multiplies a half-precision rounding error many times (x90 at log_scale -4.5); these 1x1 convs and one
-        # matmul per level cost little next to the tower.
-        with torch.autocast(device_type, enabled=False):
-            return self.predict_outputs([v.float() for v in visual], text_hidden.float(), text.embedded.float())
+        box_regression, centerness = self.box_outputs(visual)
+        return HeadOutputs(box_regression, centerness, self.token_logits(visual, text, text_hidden))
 
-    def predict_outputs(
-        self, visual: list[torch.Tensor], text_hidden: torch.Tensor, text_embedded: torch.Tensor
-    ) -> HeadOutputs:
-        """Box deltas, centerness and token logits from the tower's outputs (levels P3..P7)."""
-        embedding = text_hidden if self.config.fused_features_dot_product else text_embedded
+    def box_outputs(self, tower_visual: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per level: box deltas [B, 4, H_l, W_l] after the level scale, centerness logits [B, 1, H_l, W_l]."""
+        with fp32_island(tower_visual[0].device.type) as island:
+            return self._box_outputs([v.float() for v in tower_visual] if island else tower_visual)
+
+    def _box_outputs(self, tower_visual: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        box_regression = [self.scales[level](self.bbox_pred(feature)) for level, feature in enumerate(tower_visual)]
+        return box_regression, [self.centerness(feature) for feature in tower_visual]
+
+    def run_visual_tower(self, visual: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The tower of a no-fusion head (DyConv blocks only), which needs no text.
+
+        Computed once per image batch and finished for each prompt chunk by `token_logits`: a large
+        vocabulary then costs one visual pass plus one dot product per chunk.
+        """
+        if self.tower_uses_text:
+            raise ValueError("this tower fuses text into the image features: run the whole head per prompt chunk")
+        for block in self.dyhead_tower:
+            visual = block(visual)
+        return visual
+
+    def token_logits(
+        self, tower_visual: list[torch.Tensor], text: TextFeatures, text_hidden: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Per level [B, H_l*W_l, T]: the scaled, biased dot product of tower features and token embeddings.
+
+        text_hidden: the tower's text output (fused models); None means the BERT output `text.hidden`.
+        """
+        text_hidden = text.hidden if text_hidden is None else text_hidden
+        with fp32_island(tower_visual[0].device.type) as island:
+            if island:
+                tower_visual, text_hidden = [v.float() for v in tower_visual], text_hidden.float()
+                text = TextFeatures(text.hidden.float(), text.embedded.float(), text.mask)
+            return self._token_logits(tower_visual, text, text_hidden)
+
+    def _token_logits(
+        self, tower_visual: list[torch.Tensor], text: TextFeatures, text_hidden: torch.Tensor
+    ) -> list[torch.Tensor]:
+        embedding = text_hidden if self.config.fused_features_dot_product else text.embedded
         embedding = F.normalize(embedding, p=2, dim=-1)  # [B, T, D]
         token_embeds = self.dot_product_projection_text(embedding / 2.0)  # [B, T, C]
         token_bias = torch.matmul(embedding, self.bias_lang) + self.bias0  # [B, T]
         inv_temperature = self.log_scale.exp()
-        box_regression, centerness, token_logits = [], [], []
-        for level, feature in enumerate(visual):
-            box_regression.append(self.scales[level](self.bbox_pred(feature)))
-            centerness.append(self.centerness(feature))
+        token_logits = []
+        for feature in tower_visual:
             queries = feature.flatten(2).transpose(1, 2)  # [B, H*W, C]
             logits = torch.matmul(queries, token_embeds.transpose(-1, -2)) / inv_temperature + token_bias[:, None, :]
             token_logits.append(logits.clamp(-CLAMP, CLAMP))  # [B, H*W, T]
-        return HeadOutputs(box_regression, centerness, token_logits)
+        return token_logits
 
 
 class VLDyHeadModule(nn.Module):

@@ -5,6 +5,10 @@ stopped: (1) labeling streams one JSON record per image into the run journal (`p
 files are written from the journal in image order. Batches are formed over the full, fixed image list
 (not over what is left to do), so a resumed run pads and batches every image exactly as an uninterrupted
 run would, and gives byte-identical annotation files.
+
+Labeling runs on the shared run engine (`glip_label.runs.engine`): `AnnotateLabeler` labels one batch;
+`--engine local` runs it here (images decoded by prefetch threads), `--engine ray` in long-lived Ray actors
+(each decodes its batches' images), with the same batches and so the same records and files.
 """
 
 from __future__ import annotations
@@ -21,9 +25,17 @@ from typing import Any
 import numpy as np
 
 from glip_label import __version__
-from glip_label.data.images import DEFAULT_MAX_PIXELS, ImageError, LoadedImage, discover_images, iter_images
+from glip_label.data.images import (
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    LoadedImage,
+    discover_images,
+    iter_images,
+    load_image,
+)
 from glip_label.io import atomic_open, atomic_write_json, atomic_write_text, write_json_array
 from glip_label.records import Detections, ImageRecord, clip_to_image
+from glip_label.runs.engine import ItemResult, PredictorLabeler, RayOptions, run_batches
 from glip_label.runs.journal import RunJournal, merge_run_dirs, parse_shard, read_run_key, shard_items
 
 log = logging.getLogger(__name__)
@@ -164,8 +176,16 @@ class AnnotateOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     recursive: bool = True
     flush_every: int = 64
+    engine: str = "local"
+    ray_address: str | None = None
+    ray_actors: int = 1
+    ray_cpus_per_actor: float = 1.0
+    ray_gpus_per_actor: float = 0.0
+    torch_threads: int | None = None
 
     def validate(self) -> None:
+        if self.engine not in ("local", "ray"):
+            raise ValueError(f"--engine must be local or ray, got {self.engine!r}")
         unknown = set(self.formats) - set(FORMATS)
         if unknown:
             raise ValueError(f"unknown format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
@@ -230,6 +250,32 @@ def _record(item: LoadedImage, det: Detections) -> dict[str, Any]:
     }
 
 
+class AnnotateLabeler(PredictorLabeler):
+    """The run engine's labeler for annotate: a batch of images (names or decoded) -> one result per image."""
+
+    def __init__(self, options: AnnotateOptions, ontology: Ontology, root: Path, predictor=None) -> None:
+        super().__init__(options, predictor)
+        self.ontology = ontology
+        self.root = Path(root)
+
+    def label_batch(self, batch: Sequence[str | LoadedImage | ImageError]) -> list[ItemResult]:
+        """Names are decoded here (Ray actors); the local engine passes images its threads decoded."""
+        items = [load_image(self.root, x, self.options.max_pixels) if isinstance(x, str) else x for x in batch]
+        good = [x for x in items if isinstance(x, LoadedImage)]
+        dets = self.predictor.predict([x.image for x in good], self.ontology.phrases, threshold=_min_threshold(
+            self.options, self.ontology), batch_size=self.options.batch_size) if good else []
+        found = dict(zip((x.file_name for x in good), dets, strict=True))
+        results = []
+        for item in items:
+            if isinstance(item, ImageError):
+                results.append(ItemResult(item.file_name, error=item.to_dict()))
+                continue
+            det = postprocess_for_ontology(found[item.file_name], self.ontology, self.options,
+                                           (item.width, item.height))
+            results.append(ItemResult(item.file_name, record=_record(item, det)))
+        return results
+
+
 def _batches(names: Sequence[str], size: int) -> Iterator[list[str]]:
     for start in range(0, len(names), size):
         yield list(names[start : start + size])
@@ -266,37 +312,40 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
         names = shard_items(names, parse_shard(options.shard))
     if not names:
         raise FileNotFoundError(f"no images found in {options.source} (extensions: jpg, jpeg, png, bmp, webp, tif)")
-    if predictor is None:
-        predictor = _load_predictor(options)
+    labeler = AnnotateLabeler(options, ontology, root, predictor)
+    if options.engine == "local":
+        labeler.load()
+        weights = labeler.predictor.source
+    else:  # the model loads in the actors; the run key names the same file the local engine would load
+        from glip_label.weights import resolve_weights
+
+        weights = None if options.random_init else str(resolve_weights(options.model)[0])
     out = Path(options.out)
     started = time.perf_counter()
-    key = run_key_for(options, ontology, root, predictor.source)
+    key = run_key_for(options, ontology, root, weights)
     journal = RunJournal(out, key, shard_size=max(options.flush_every, options.batch_size), resume=options.resume)
     try:
         done = journal.done_ids()
         todo_batches = [b for b in _batches(names, options.batch_size) if not all(n in done for n in b)]
         todo = [n for b in todo_batches for n in b]
-        loaded = iter_images(root, todo, num_workers=options.workers, prefetch=max(8, 2 * options.batch_size),
-                             max_pixels=options.max_pixels)
         bar = _progress(len(names), len(names) - len(todo), progress)
-        for batch_names in todo_batches:
-            items = [next(loaded) for _ in batch_names]
-            good = [x for x in items if isinstance(x, LoadedImage)]
-            dets = predictor.predict([x.image for x in good], ontology.phrases, threshold=_min_threshold(
-                options, ontology), batch_size=options.batch_size) if good else []
-            results = dict(zip((x.file_name for x in good), dets, strict=True))
-            for item in items:
-                if item.file_name in done:
-                    continue
-                if isinstance(item, ImageError):
-                    journal.add(item.file_name, error=item.to_dict())
-                else:
-                    det = postprocess_for_ontology(results[item.file_name], ontology, options,
-                                                   (item.width, item.height))
-                    journal.add(item.file_name, record=_record(item, det))
-            bar.update(len(batch_names))
+
+        def decoded_batches() -> Iterator[list[LoadedImage | ImageError]]:
+            loaded = iter_images(root, todo, num_workers=options.workers, prefetch=max(8, 2 * options.batch_size),
+                                 max_pixels=options.max_pixels)
+            for batch_names in todo_batches:
+                yield [next(loaded) for _ in batch_names]
+
+        batches = decoded_batches() if options.engine == "local" else iter(todo_batches)
+        ray = RayOptions(options.ray_address, options.ray_actors, options.ray_cpus_per_actor,
+                         options.ray_gpus_per_actor)
+        for results in run_batches(labeler, batches, options.engine, ray):
+            for result in results:
+                if result.key not in done:
+                    journal.add(result.key, record=result.record, error=result.error)
+            bar.update(len(results))
             if on_batch is not None:
-                on_batch(len(batch_names))
+                on_batch(len(results))
         bar.close()
         journal.flush()
     finally:
@@ -308,15 +357,6 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
 
 def _min_threshold(options: AnnotateOptions, ontology: Ontology) -> float:
     return min([options.threshold, *ontology.thresholds.values()])
-
-
-def _load_predictor(options: AnnotateOptions):
-    from glip_label.predictor import load_model
-
-    if options.random_init:
-        return load_model(None, config=options.config or "glip-tiny", device=options.device, dtype=options.dtype,
-                          seed=options.seed)
-    return load_model(options.model, config=options.config, device=options.device, dtype=options.dtype)
 
 
 def _progress(total: int, initial: int, enabled: bool):

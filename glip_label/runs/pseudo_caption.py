@@ -2,8 +2,8 @@
 
 The caption source is streamed (never loaded whole) and cut into fixed batches by stream position, so
 the same input always gives the same batches: a resumed run, a sharded run and the Ray engine all give
-records identical to one uninterrupted local run. One function, `label_batch`, does the work of a batch
-for every engine.
+records identical to one uninterrupted local run. One labeler, `PseudoCaptionLabeler` (the run engine's
+interface, `glip_label.runs.engine`), does the work of a batch for every engine.
 
 Per pair: find the phrases (given per record, spaCy / rule-based chunks, or the classes of a
 vocabulary that occur in the caption), fit the caption into the 256-token text limit (at a word
@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from glip_label.data.captions import CaptionError, CaptionItem, iter_captions, l
 from glip_label.data.images import DEFAULT_MAX_PIXELS, LoadedImage
 from glip_label.io import atomic_open, atomic_write_json
 from glip_label.records import clip_to_image
+from glip_label.runs.engine import ItemResult, PredictorLabeler, RayOptions, run_batches
 from glip_label.runs.journal import RunJournal, parse_shard, read_run_key, shard_of
 
 log = logging.getLogger(__name__)
@@ -135,15 +136,25 @@ class PhraseFinder:
 # ------------------------------------------------------------------------------------------- one batch
 
 
+class PseudoCaptionLabeler(PredictorLabeler):
+    """The run engine's labeler for pseudo-caption: picklable options, the teacher loaded by `load`."""
+
+    def __init__(self, options: PseudoCaptionOptions, finder: PhraseFinder, predictor=None) -> None:
+        super().__init__(options, predictor)
+        self.finder = finder
+
+    def label_batch(self, batch: Sequence[tuple[str, CaptionItem | CaptionError]]) -> list[ItemResult]:
+        return label_batch(self.predictor, self.finder, batch, self.options.box_floor, self.options.max_pixels)
+
 def label_batch(predictor, finder: PhraseFinder, entries: Sequence[tuple[str, CaptionItem | CaptionError]],
-                box_floor: float, max_pixels: int | None) -> list[dict[str, Any]]:
+                box_floor: float, max_pixels: int | None) -> list[ItemResult]:
     """Ground one batch. entries: (journal key, item); returns one result per entry, in order.
 
-    A result is {"key", "ok": True, "record": {...}} or {"key", "ok": False, "error": {"id", "reason", "kind"}}.
+    A failed entry's error is {"id", "reason", "kind"}.
     """
     from glip_label.text.phrases import fit_caption, phrases_to_prompt
 
-    results: list[dict[str, Any] | None] = [None] * len(entries)
+    results: list[ItemResult | None] = [None] * len(entries)
     ready: list[tuple[int, CaptionItem, LoadedImage, Any, str | None]] = []
     for i, (key, item) in enumerate(entries):
         if isinstance(item, CaptionError):
@@ -186,12 +197,12 @@ def label_batch(predictor, finder: PhraseFinder, entries: Sequence[tuple[str, Ca
                 record["note"] = note
             if item.meta:
                 record["meta"] = item.meta
-            results[i] = {"key": key, "ok": True, "record": record}
+            results[i] = ItemResult(key, record=record)
     return results  # type: ignore[return-value]
 
 
-def _error(key: str, item_id: str, reason: str, kind: str) -> dict[str, Any]:
-    return {"key": key, "ok": False, "error": {"id": item_id, "reason": reason, "kind": kind}}
+def _error(key: str, item_id: str, reason: str, kind: str) -> ItemResult:
+    return ItemResult(key, error={"id": item_id, "reason": reason, "kind": kind})
 
 
 # ------------------------------------------------------------------------------------------- the stream
@@ -224,23 +235,6 @@ def _class_names(options: PseudoCaptionOptions) -> list[str] | None:
     return [x.strip() for x in path.read_text(encoding="utf-8").splitlines() if x.strip() and not x.startswith("#")]
 
 
-def _set_threads(threads: int | None) -> None:
-    """Same thread count, same float summation order: engines must agree bit for bit."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-
-
-def _load_predictor(options: PseudoCaptionOptions):
-    from glip_label.predictor import load_model
-
-    if options.random_init:
-        return load_model(None, config=options.config or "glip-tiny", device=options.device, dtype=options.dtype,
-                          seed=options.seed)
-    return load_model(options.model, config=options.config, device=options.device, dtype=options.dtype)
-
-
 def run_key_for(options: PseudoCaptionOptions, finder: PhraseFinder, weights: str | None) -> dict[str, Any]:
     return {
         "tool": "pseudo-caption",
@@ -265,13 +259,12 @@ def pseudo_caption(options: PseudoCaptionOptions, predictor=None, progress: bool
     finder = PhraseFinder(options.phrases, _class_names(options))
     out = Path(options.out)
     started = time.perf_counter()
+    labeler = PseudoCaptionLabeler(options, finder, predictor)
     if options.engine == "ray":
         weights = None if options.random_init else options.model
     else:
-        _set_threads(options.torch_threads)
-        if predictor is None:
-            predictor = _load_predictor(options)
-        weights = predictor.source
+        labeler.load()
+        weights = labeler.predictor.source
     journal = RunJournal(out, run_key_for(options, finder, weights),
                          shard_size=max(options.flush_every, options.batch_size), resume=options.resume)
     keys: list[str] = []
@@ -289,21 +282,12 @@ def pseudo_caption(options: PseudoCaptionOptions, predictor=None, progress: bool
                     continue
                 yield batch
 
-        if options.engine == "ray":
-            from glip_label.runs.ray_engine import run_ray
-
-            results_stream: Iterable[list[dict[str, Any]]] = run_ray(options, finder, todo())
-        else:
-            results_stream = (label_batch(predictor, finder, batch, options.box_floor, options.max_pixels)
-                              for batch in todo())
-        for results in results_stream:
+        ray = RayOptions(options.ray_address, options.ray_actors, options.ray_cpus_per_actor,
+                         options.ray_gpus_per_actor)
+        for results in run_batches(labeler, todo(), options.engine, ray):
             for result in results:
-                if result["key"] in done:
-                    continue
-                if result["ok"]:
-                    journal.add(result["key"], record=result["record"])
-                else:
-                    journal.add(result["key"], error=result["error"])
+                if result.key not in done:
+                    journal.add(result.key, record=result.record, error=result.error)
             bar.update(len(results))
             if on_batch is not None:
                 on_batch(len(results))

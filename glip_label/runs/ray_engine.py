@@ -1,91 +1,71 @@
-"""Run `pseudo-caption` batches on a Ray cluster with Ray Data: read -> map_batches (a pool of model actors) -> ordered
-results back to the driver, which writes the sharded journal exactly as the local engine does.
+"""The Ray engine: a tool's fixed batches labeled by a pool of long-lived Ray actors, results back in order.
 
-Each Ray row is one of our fixed batches (pickled (key, item) pairs), so actors see the same batches as the local
-engine and give the same records. Batches are submitted in windows to keep the driver's memory bounded; each
-window reuses nothing from the last but the cluster, so a window costs one model load per actor.
+read (the driver streams the tool's batches) -> actor pool (each actor `load`s the labeler's model once and
+keeps it for the whole run) -> ordered results back to the driver, which writes the sharded run journal
+exactly as the local engine does (same batches, same labeler: the same records; resumable the same way).
 
-On one machine `ray.init()` starts a local instance; on a cluster start Ray with `ray start --head` / `ray start
---address=HEAD:6379` on each node and pass `--ray-address auto` (or HEAD:6379).
+The pool is a set of Ray actors fed through a bounded window of in-flight batches (2 per actor), so the
+driver holds a few batches, never the dataset, and a source of any length streams through. (A Ray Data
+`map_batches` pool lives only as long as its dataset: streaming an unbounded source through it means one
+dataset per window and a model load per actor per window, which this engine avoids.)
+
+On one machine `ray.init()` starts a local instance; on a cluster start Ray with `ray start --head` /
+`ray start --address=HEAD:6379` on each node and pass `--ray-address auto` (or HEAD:6379). On a multi-GPU
+node, `--ray-actors N --ray-gpus-per-actor 1` gives each actor its own GPU.
 """
 
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-WINDOW_BATCHES = 256
+from glip_label.runs.engine import ItemResult, Labeler, RayOptions
+
+IN_FLIGHT_PER_ACTOR = 2
 
 
-class _Labeler:
-    """A Ray Data actor: loads the teacher once, grounds one pickled batch per call."""
+class LabelerActor:
+    """One Ray actor: loads the labeler's model once, then labels pickled batches for the rest of the run."""
 
-    def __init__(self, options_dict: dict[str, Any], finder_state: dict[str, Any]) -> None:
-        from glip_label.runs.pseudo_caption import PhraseFinder, PseudoCaptionOptions, _load_predictor, _set_threads
+    def __init__(self, labeler_bytes: bytes) -> None:
+        self.labeler: Labeler = pickle.loads(labeler_bytes)
+        self.labeler.load()
 
-        self.options = PseudoCaptionOptions(**options_dict)
-        _set_threads(self.options.torch_threads)
-        self.predictor = _load_predictor(self.options)
-        self.finder = PhraseFinder(finder_state["mode"], finder_state["class_names"])
-
-    def __call__(self, rows: dict[str, Any]) -> dict[str, Any]:
-        from glip_label.runs.pseudo_caption import label_batch
-
-        out = []
-        for payload in rows["payload"]:
-            entries = pickle.loads(payload)
-            results = label_batch(self.predictor, self.finder, entries, self.options.box_floor,
-                                  self.options.max_pixels)
-            out.append(pickle.dumps(results))
-        return {"results": out}
+    def label(self, batch_bytes: bytes) -> bytes:
+        return pickle.dumps(self.labeler.label_batch(pickle.loads(batch_bytes)))
 
 
-def _windows(batches: Iterable[list], size: int) -> Iterator[list[list]]:
-    window: list[list] = []
-    for batch in batches:
-        window.append(batch)
-        if len(window) == size:
-            yield window
-            window = []
-    if window:
-        yield window
-
-
-def run_ray(options, finder, batches: Iterable[list]) -> Iterator[list[dict[str, Any]]]:
+def run_ray(labeler: Labeler, batches: Iterable[Sequence[Any]], options: RayOptions) -> Iterator[list[ItemResult]]:
+    """Results of every batch, in batch order, labeled by `options.actors` Ray actors."""
     try:
         import ray
-        import ray.data
     except ImportError as exc:
-        raise ImportError("the Ray engine needs Ray Data: pip install 'glip-label[ray]'") from exc
+        raise ImportError("the Ray engine needs Ray: pip install 'glip-label[ray]'") from exc
+    if options.actors < 1:
+        raise ValueError("--ray-actors must be >= 1")
 
     started_here = False
     if not ray.is_initialized():
         init_args: dict[str, Any] = {"include_dashboard": False, "ignore_reinit_error": True, "log_to_driver": False}
-        if options.ray_address:
-            init_args["address"] = options.ray_address
+        if options.address:
+            init_args["address"] = options.address
         ray.init(**init_args)
         started_here = True
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True
-    context.enable_progress_bars = False
-    options_dict = asdict(options)
-    options_dict["out"] = str(options_dict["out"])
-    finder_state = {"mode": finder.mode, "class_names": finder.class_names}
     try:
-        for window in _windows(batches, WINDOW_BATCHES):
-            dataset = ray.data.from_items([{"payload": pickle.dumps(batch)} for batch in window])
-            labeled = dataset.map_batches(
-                _Labeler,
-                fn_constructor_args=(options_dict, finder_state),
-                batch_size=1,
-                concurrency=options.ray_actors,
-                num_cpus=options.ray_cpus_per_actor,
-                num_gpus=options.ray_gpus_per_actor or None,
-            )
-            for row in labeled.iter_rows():
-                yield pickle.loads(row["results"])
+        actor_class = ray.remote(num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)(
+            LabelerActor)
+        labeler_ref = ray.put(pickle.dumps(labeler))
+        actors = [actor_class.remote(labeler_ref) for _ in range(options.actors)]
+        in_flight: deque = deque()  # object refs of submitted batches, oldest first
+        limit = IN_FLIGHT_PER_ACTOR * len(actors)
+        for submitted, batch in enumerate(batches):
+            if len(in_flight) >= limit:
+                yield pickle.loads(ray.get(in_flight.popleft()))
+            in_flight.append(actors[submitted % len(actors)].label.remote(pickle.dumps(list(batch))))
+        while in_flight:
+            yield pickle.loads(ray.get(in_flight.popleft()))
     finally:
         if started_here:
             ray.shutdown()
