@@ -56,12 +56,80 @@ def prepare_teacher(out: Path, seed: int, teacher_steps: int, progress: bool = F
     return world, teacher
 
 
+def split_val(world, out: Path) -> tuple[str, str]:
+    """The val file cut into the 200 held-out pictures (the demo's) and the 32 calibration ones, as
+    "FILE@ROOT" gold arguments."""
+    from glip_label.formats.coco import read_coco
+
+    val = read_coco(world.val_coco)
+    images = sorted(val["images"], key=lambda im: im["id"])
+    specs = []
+    for name, part in (("held_out", images[:N_HELD_OUT]), ("calibration", images[N_HELD_OUT:])):
+        ids = {im["id"] for im in part}
+        subset = {**val, "images": part, "annotations": [a for a in val["annotations"] if a["image_id"] in ids]}
+        atomic_write_json(out / f"{name}.coco.json", subset)
+        specs.append(f"{out / f'{name}.coco.json'}@{world.val_coco.parent}")
+    if len(images) != N_HELD_OUT + N_CALIBRATION:
+        raise ValueError(f"{world.val_coco}: {len(images)} images, expected {N_HELD_OUT + N_CALIBRATION}")
+    return specs[0], specs[1]
+
+
+class _TTAPredictor:
+    """`predict` with test-time augmentation, for evaluate_detection (which only calls predict)."""
+
+    def __init__(self, predictor, options) -> None:
+        self.predictor, self.options = predictor, options
+
+    def predict(self, images, prompt, spans=None, threshold: float = 0.0, batch_size: int = 1):
+        from glip_label.tta import predict_tta
+
+        return predict_tta(self.predictor, images, prompt, self.options, threshold=threshold, batch_size=batch_size)
+
+
+def measure(out: Path, world, teacher: Path, merges: list[str]) -> dict:
+    """Calibrated vs global thresholds (micro P/R/F1 at IoU 0.5 on the held-out pictures) and AP +- TTA."""
+    from glip_label.predictor import load_model
+    from glip_label.runs.annotate import Ontology
+    from glip_label.runs.calibrate import calibrate_thresholds, collect_matches, micro_prf
+    from glip_label.train.evaluate import evaluate_detection
+    from glip_label.tta import TTAOptions
+
+    held_out, calibration = split_val(world, out)
+    predictor = load_model(teacher)
+    ontology = Ontology.from_names(list(world.categories))
+    cal_matches, _ = collect_matches(predictor, calibration, ontology)
+    thresholds = calibrate_thresholds(cal_matches, ontology.categories)
+    atomic_write_json(out / "thresholds.json", thresholds)
+    held_matches, _ = collect_matches(predictor, held_out, ontology)
+    result = {
+        "teacher_steps": json.loads((out / "teacher_seconds.json").read_text())["steps"]
+        if (out / "teacher_seconds.json").exists() else None,
+        "thresholds": thresholds["thresholds"], "global_threshold": thresholds["default"],
+        "calibration_f1": {"per_class": thresholds["per_class_micro"]["f1"], "global": thresholds["global"]["f1"]},
+        "held_out": {"per_class": micro_prf(held_matches, thresholds["thresholds"]),
+                     "global": micro_prf(held_matches, dict.fromkeys(ontology.categories, thresholds["default"]))},
+    }
+    gold_path = held_out.rsplit("@", 1)
+    start = time.perf_counter()
+    plain = evaluate_detection(predictor, gold_path[0], image_root=gold_path[1])
+    result["ap"] = {"plain": plain["ap"], "plain_ap50": plain["ap50"]}
+    result["seconds"] = {"plain": round(time.perf_counter() - start, 1)}
+    for merge in merges:
+        start = time.perf_counter()
+        tta = evaluate_detection(_TTAPredictor(predictor, TTAOptions(merge=merge)), gold_path[0],
+                                 image_root=gold_path[1])
+        result["ap"][f"tta_{merge}"], result["ap"][f"tta_{merge}_ap50"] = tta["ap"], tta["ap50"]
+        result["seconds"][f"tta_{merge}"] = round(time.perf_counter() - start, 1)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--out", type=Path, default=Path("runs/label_quality"))
     parser.add_argument("--teacher-steps", type=int, default=DemoOptions.teacher_steps,
                         help="the demo's 1500 by default; fewer on a busy machine (said in the results)")
+    parser.add_argument("--merges", nargs="+", default=["nms", "wbf"], choices=["nms", "wbf"])
     parser.add_argument("--teachers-only", action="store_true", help="only build worlds and train teachers")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
@@ -71,7 +139,7 @@ def main() -> None:
         world, teacher = prepare_teacher(out, seed, args.teacher_steps)
         if args.teachers_only:
             continue
-        results[seed] = measure(out, world, teacher)
+        results[seed] = measure(out, world, teacher, args.merges)
         print(json.dumps({"seed": seed, **results[seed]}, indent=1))
     if results:
         atomic_write_json(args.out / "results.json", results)

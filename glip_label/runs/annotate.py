@@ -164,6 +164,11 @@ class AnnotateOptions:
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     recursive: bool = True
     flush_every: int = 64
+    thresholds: str | None = None
+    tta: bool = False
+    tta_merge: str = "nms"
+    tta_scales: tuple[float, ...] = (0.8, 1.0, 1.2)
+    report: bool = False
 
     def validate(self) -> None:
         unknown = set(self.formats) - set(FORMATS)
@@ -177,6 +182,15 @@ class AnnotateOptions:
             raise ValueError("--batch-size and --max-dets must be >= 1")
         if self.model is None and not self.random_init:
             raise ValueError("no --model given (pass --random-init to label with an untrained model)")
+        if self.tta:
+            self.tta_options()
+
+    def tta_options(self):
+        """The test-time augmentation settings (glip_label.tta), or None without --tta."""
+        from glip_label.tta import TTAOptions
+
+        return TTAOptions(scales=tuple(self.tta_scales), merge=self.tta_merge, max_detections=self.max_dets) \
+            if self.tta else None
 
 
 @dataclass
@@ -253,6 +267,7 @@ def run_key_for(options: AnnotateOptions, ontology: Ontology, root: Path, predic
         "image_root": str(root),
         "shard": options.shard,
         "max_pixels": options.max_pixels,
+        **({"tta": options.tta_options().to_dict()} if options.tta else {}),
     }
 
 
@@ -261,6 +276,10 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
     """Label `options.source` into `options.out` (see the module docstring). Returns the run's summary."""
     options.validate()
     ontology = load_ontology(options.prompt, options.classes_file, options.ontology)
+    if options.thresholds:
+        from glip_label.runs.calibrate import apply_thresholds, read_thresholds
+
+        ontology = apply_thresholds(ontology, read_thresholds(options.thresholds), options.thresholds)
     root, names = discover_images(options.source, recursive=options.recursive)
     if options.shard:
         names = shard_items(names, parse_shard(options.shard))
@@ -269,6 +288,7 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
     if predictor is None:
         predictor = _load_predictor(options)
     out = Path(options.out)
+    predict = _predict_fn(predictor, options)
     started = time.perf_counter()
     key = run_key_for(options, ontology, root, predictor.source)
     journal = RunJournal(out, key, shard_size=max(options.flush_every, options.batch_size), resume=options.resume)
@@ -282,7 +302,7 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
         for batch_names in todo_batches:
             items = [next(loaded) for _ in batch_names]
             good = [x for x in items if isinstance(x, LoadedImage)]
-            dets = predictor.predict([x.image for x in good], ontology.phrases, threshold=_min_threshold(
+            dets = predict([x.image for x in good], ontology.phrases, threshold=_min_threshold(
                 options, ontology), batch_size=options.batch_size) if good else []
             results = dict(zip((x.file_name for x in good), dets, strict=True))
             for item in items:
@@ -303,7 +323,24 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
         journal.close()
     seconds = time.perf_counter() - started
     summary = write_outputs(out, names, ontology, root, options, labeling_seconds=seconds)
+    if options.report:
+        from glip_label.report import write_annotate_report
+
+        summary.files["report"] = write_annotate_report(out, names, ontology, root).name
     return summary
+
+
+def _predict_fn(predictor, options: AnnotateOptions) -> Callable[..., list[Detections]]:
+    """predictor.predict, or its test-time-augmented version with --tta (same call signature)."""
+    tta = options.tta_options()
+    if tta is None:
+        return predictor.predict
+    from glip_label.tta import predict_tta
+
+    def predict(images, prompt, threshold: float, batch_size: int) -> list[Detections]:
+        return predict_tta(predictor, images, prompt, tta, threshold=threshold, batch_size=batch_size)
+
+    return predict
 
 
 def _min_threshold(options: AnnotateOptions, ontology: Ontology) -> float:

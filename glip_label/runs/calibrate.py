@@ -27,7 +27,6 @@ import numpy as np
 import torch
 
 from glip_label.io import atomic_write_json, atomic_write_text
-from glip_label.records import Detections
 from glip_label.runs.annotate import AnnotateOptions, Ontology, load_ontology, postprocess_for_ontology
 from glip_label.train.assign import box_iou_plus_one
 
@@ -55,7 +54,8 @@ class ClassMatches:
         self.n_gold += n_gold
 
 
-def match_detections(boxes: np.ndarray, scores: np.ndarray, gold_boxes: np.ndarray, iou: float = MATCH_IOU) -> np.ndarray:
+def match_detections(boxes: np.ndarray, scores: np.ndarray, gold_boxes: np.ndarray,
+                     iou: float = MATCH_IOU) -> np.ndarray:
     """Greedy COCO-style matching of one class in one image: best score first, each detection takes the
     best-overlapping unmatched gold box with IoU >= iou. Returns is_tp [N] in the input order.
 
