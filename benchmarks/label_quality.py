@@ -10,6 +10,7 @@ reused on later runs), then
      each takes in this one run (ratio).
 
     nice -n 5 python benchmarks/label_quality.py --seeds 0 1 --out runs/label_quality
+    (teachers and worlds are kept in --out and reused; results: benchmarks/results/label_quality.json)
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/label_quality"))
     parser.add_argument("--teacher-steps", type=int, default=DemoOptions.teacher_steps,
                         help="the demo's 1500 by default; fewer on a busy machine (said in the results)")
+    parser.add_argument("--results", type=Path, default=Path(__file__).parent / "results" / "label_quality.json")
     parser.add_argument("--merges", nargs="+", default=["nms", "wbf"], choices=["nms", "wbf"])
     parser.add_argument("--teachers-only", action="store_true", help="only build worlds and train teachers")
     args = parser.parse_args()
@@ -142,7 +144,7 @@ def main() -> None:
         results[seed] = measure(out, world, teacher, args.merges)
         print(json.dumps({"seed": seed, **results[seed]}, indent=1))
     if results:
-        atomic_write_json(args.out / "results.json", results)
+        atomic_write_json(args.results, {"args": {k: str(v) for k, v in vars(args).items()}, "seeds": results})
 
 
 if __name__ == "__main__":
