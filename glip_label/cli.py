@@ -48,6 +48,26 @@ RayCpusOpt = Annotated[float, typer.Option(help="CPUs per actor (fractions allow
 RayGpusOpt = Annotated[float, typer.Option(help="GPUs per actor. [dim]e.g. 1 with --ray-actors 8 on an 8-GPU node[/]")]
 ThreadsOpt = Annotated[int | None, typer.Option(help="torch threads per process (equal counts give bit-identical "
                                                 "records across engines).")]
+ThresholdsOpt = Annotated[Path | None, typer.Option(help="thresholds.json written by 'glip-label calibrate': a score "
+                                                   "threshold per class. [dim]e.g. runs/cal/thresholds.json[/]")]
+TTAOpt = Annotated[bool, typer.Option(help="Test-time augmentation as the official GLIP test code offers it: every "
+                                      "image at several scales and mirrored, boxes merged per class (slower: one "
+                                      "forward pass per view).")]
+TTAMergeOpt = Annotated[str, typer.Option(help="How --tta merges the views' boxes: nms (class-wise, official) or wbf "
+                                          "(weighted box fusion).")]
+TTAScalesOpt = Annotated[str, typer.Option(help="--tta scales, as factors of the model's test size.")]
+ReportOpt = Annotated[bool, typer.Option(help="Also write OUT/report.html: boxes and score histograms per class, the "
+                                         "highest- and lowest-scoring boxes as crops, the errors (one file, opens "
+                                         "offline in any browser).")]
+
+
+def _tta_scales(text: str) -> tuple[float, ...]:
+    from glip_label.tta import parse_scales
+
+    try:
+        return parse_scales(text)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @app.callback()
@@ -147,6 +167,11 @@ def annotate(
     ray_gpus_per_actor: RayGpusOpt = 0.0,
     threads: ThreadsOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of --random-init.")] = 0,
+    thresholds: ThresholdsOpt = None,
+    tta: TTAOpt = False,
+    tta_merge: TTAMergeOpt = "nms",
+    tta_scales: TTAScalesOpt = "0.8,1,1.2",
+    report: ReportOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Label an image folder with GLIP: COCO JSON, ODVG JSONL, YOLO, Label Studio, pictures of the boxes."""
@@ -165,7 +190,8 @@ def annotate(
         category_id_base=category_id_base, save_vis=save_vis, batch_size=batch_size, workers=workers, device=device,
         dtype=dtype, resume=resume, shard=shard, max_pixels=max_pixels, engine=engine, ray_address=ray_address,
         ray_actors=ray_actors, ray_cpus_per_actor=ray_cpus_per_actor, ray_gpus_per_actor=ray_gpus_per_actor,
-        torch_threads=threads,
+        torch_threads=threads, thresholds=str(thresholds) if thresholds else None, tta=tta, tta_merge=tta_merge,
+        tta_scales=_tta_scales(tta_scales), report=report,
     )
     try:
         summary = run_annotate(options)
@@ -190,6 +216,65 @@ def _print_annotate_summary(summary) -> None:
         f"errors {summary.errors}" + (f" (see {summary.out / 'errors.jsonl'})" if summary.errors else "")
         + (f" · {summary.images_per_second:.2f} img/s" if summary.images_per_second else "")
     )
+
+
+@app.command(
+    epilog="Examples:\n\n"
+    "  glip-label calibrate --model glip-t --gold gold/coco.json@gold/images --classes-file classes.txt --out runs/cal"
+    "\n\n  glip-label annotate ./images --classes-file classes.txt --thresholds runs/cal/thresholds.json --out runs/x"
+    "\n\n  glip-label calibrate ... --target-precision 0.9   (per class: the most recall at 90% precision)"
+)
+def calibrate(
+    gold: Annotated[str, typer.Option(help="A small gold set (tens of images), COCO detection json, as FILE or "
+                                      "FILE@IMAGE_ROOT; its category names are matched to the classes.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: thresholds.json, ontology.calibrated.yaml, "
+                                      "pr_curves/*.png.")] = Path("runs/calibrate"),
+    prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Classes as 'a. b. c.'")] = None,
+    classes_file: Annotated[Path | None, typer.Option(help="One class name per line.")] = None,
+    ontology: Annotated[Path | None, typer.Option(help="Ontology yaml/json (classes with several prompts).")] = None,
+    model: ModelOpt = "glip-t",
+    config: ConfigOpt = None,
+    target_precision: Annotated[float | None, typer.Option(help="Per class, the lowest threshold reaching this "
+                                                           "precision (default: the threshold of best F1).")] = None,
+    floor: Annotated[float, typer.Option(help="Lowest score considered (boxes below are never kept).")] = 0.05,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
+    device: DeviceOpt = "cpu",
+    dtype: DtypeOpt = "fp32",
+    tta: TTAOpt = False,
+    tta_merge: TTAMergeOpt = "nms",
+    tta_scales: TTAScalesOpt = "0.8,1,1.2",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Per-class score thresholds that maximise F1 (IoU 0.5) on a few gold images, for annotate --thresholds.
+
+    Classes the gold set does not box get the single global threshold of best micro F1. Use the same --tta
+    setting here as when labeling: scores shift under augmentation.
+    """
+    from glip_label.runs.calibrate import CalibrateOptions
+    from glip_label.runs.calibrate import calibrate as run_calibrate
+    from glip_label.tta import TTAOptions
+
+    _setup_logging(verbose)
+    try:
+        tta_options = TTAOptions(scales=_tta_scales(tta_scales), merge=tta_merge) if tta else None
+        result = run_calibrate(CalibrateOptions(
+            gold=gold, out=out, prompt=prompt, classes_file=str(classes_file) if classes_file else None,
+            ontology=str(ontology) if ontology else None, model=model, config=config,
+            target_precision=target_precision, floor=floor, batch_size=batch_size, device=device, dtype=dtype,
+            tta=tta_options), progress=verbose)
+    except (ValueError, FileNotFoundError) as exc:
+        _fail(str(exc))
+    table = Table(title=f"glip-label calibrate → {out / 'thresholds.json'}")
+    for column in ("class", "threshold", "source", "gold boxes", "P", "R", "F1", "F1 at global"):
+        table.add_column(column)
+    for name, entry in result["classes"].items():
+        at, at_global = entry.get("at_threshold"), entry.get("at_global")
+        table.add_row(name, f"{entry['threshold']:.3f}", entry["source"], str(entry["gold_boxes"]),
+                      *(f"{at[k]:.3f}" if at else "-" for k in ("precision", "recall", "f1")),
+                      f"{at_global['f1']:.3f}" if at_global else "-")
+    Console().print(table)
+    Console().print(f"micro F1 on the gold set: per-class thresholds {result['per_class_micro']['f1']:.3f}, "
+                    f"global threshold {result['default']:.3f}: {result['global']['f1']:.3f}")
 
 
 @app.command(epilog="Example:\n\n  glip-label merge runs/cars-0 runs/cars-1 runs/cars-2 runs/cars-3 --out runs/cars")
@@ -265,6 +350,13 @@ def pseudo_caption(
                                                 "(for tools that need image files, e.g. mmdet's ODVG loader on "
                                                 "tar shards or a datasets folder; train-student and evaluate "
                                                 "read those sources directly).")] = False,
+    thresholds: Annotated[Path | None, typer.Option(help="thresholds.json from 'glip-label calibrate': phrases that "
+                                                    "are one of its class names keep only boxes scoring at least "
+                                                    "that class's threshold (others keep --box-floor).")] = None,
+    tta: TTAOpt = False,
+    tta_merge: TTAMergeOpt = "nms",
+    tta_scales: TTAScalesOpt = "0.8,1,1.2",
+    report: ReportOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Ground the noun phrases of an image-caption corpus with GLIP (the paper's self-training data)."""
@@ -282,6 +374,8 @@ def pseudo_caption(
         batch_size=batch_size, device=device, dtype=dtype, resume=resume, shard=shard, engine=engine,
         ray_address=ray_address, ray_actors=ray_actors, ray_cpus_per_actor=ray_cpus_per_actor,
         ray_gpus_per_actor=ray_gpus_per_actor, torch_threads=threads, export_images=export_images,
+        thresholds=str(thresholds) if thresholds else None, tta=tta, tta_merge=tta_merge,
+        tta_scales=_tta_scales(tta_scales), report=report,
     )
     try:
         summary = run(options)

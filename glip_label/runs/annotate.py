@@ -182,6 +182,11 @@ class AnnotateOptions:
     ray_cpus_per_actor: float = 1.0
     ray_gpus_per_actor: float = 0.0
     torch_threads: int | None = None
+    thresholds: str | None = None
+    tta: bool = False
+    tta_merge: str = "nms"
+    tta_scales: tuple[float, ...] = (0.8, 1.0, 1.2)
+    report: bool = False
 
     def validate(self) -> None:
         if self.engine not in ("local", "ray"):
@@ -197,6 +202,15 @@ class AnnotateOptions:
             raise ValueError("--batch-size and --max-dets must be >= 1")
         if self.model is None and not self.random_init:
             raise ValueError("no --model given (pass --random-init to label with an untrained model)")
+        if self.tta:
+            self.tta_options()
+
+    def tta_options(self):
+        """The test-time augmentation settings (glip_label.tta), or None without --tta."""
+        from glip_label.tta import TTAOptions
+
+        return TTAOptions(scales=tuple(self.tta_scales), merge=self.tta_merge, max_detections=self.max_dets) \
+            if self.tta else None
 
 
 @dataclass
@@ -262,7 +276,8 @@ class AnnotateLabeler(PredictorLabeler):
         """Names are decoded here (Ray actors); the local engine passes images its threads decoded."""
         items = [load_image(self.root, x, self.options.max_pixels) if isinstance(x, str) else x for x in batch]
         good = [x for x in items if isinstance(x, LoadedImage)]
-        dets = self.predictor.predict([x.image for x in good], self.ontology.phrases, threshold=_min_threshold(
+        predict = _predict_fn(self.predictor, self.options)
+        dets = predict([x.image for x in good], self.ontology.phrases, threshold=_min_threshold(
             self.options, self.ontology), batch_size=self.options.batch_size) if good else []
         found = dict(zip((x.file_name for x in good), dets, strict=True))
         results = []
@@ -299,6 +314,7 @@ def run_key_for(options: AnnotateOptions, ontology: Ontology, root: Path, predic
         "image_root": str(root),
         "shard": options.shard,
         "max_pixels": options.max_pixels,
+        **({"tta": options.tta_options().to_dict()} if options.tta else {}),
     }
 
 
@@ -307,6 +323,10 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
     """Label `options.source` into `options.out` (see the module docstring). Returns the run's summary."""
     options.validate()
     ontology = load_ontology(options.prompt, options.classes_file, options.ontology)
+    if options.thresholds:
+        from glip_label.runs.calibrate import apply_thresholds, read_thresholds
+
+        ontology = apply_thresholds(ontology, read_thresholds(options.thresholds), options.thresholds)
     root, names = discover_images(options.source, recursive=options.recursive)
     if options.shard:
         names = shard_items(names, parse_shard(options.shard))
@@ -352,7 +372,24 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
         journal.close()
     seconds = time.perf_counter() - started
     summary = write_outputs(out, names, ontology, root, options, labeling_seconds=seconds)
+    if options.report:
+        from glip_label.report import write_annotate_report
+
+        summary.files["report"] = write_annotate_report(out, names, ontology, root).name
     return summary
+
+
+def _predict_fn(predictor, options: AnnotateOptions) -> Callable[..., list[Detections]]:
+    """predictor.predict, or its test-time-augmented version with --tta (same call signature)."""
+    tta = options.tta_options()
+    if tta is None:
+        return predictor.predict
+    from glip_label.tta import predict_tta
+
+    def predict(images, prompt, threshold: float, batch_size: int) -> list[Detections]:
+        return predict_tta(predictor, images, prompt, tta, threshold=threshold, batch_size=batch_size)
+
+    return predict
 
 
 def _min_threshold(options: AnnotateOptions, ontology: Ontology) -> float:

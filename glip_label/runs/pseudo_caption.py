@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from glip_label import __version__
 from glip_label.data.captions import CaptionError, CaptionItem, iter_captions, load_caption_image
 from glip_label.data.images import DEFAULT_MAX_PIXELS, LoadedImage
@@ -65,6 +67,26 @@ class PseudoCaptionOptions:
     ray_gpus_per_actor: float = 0.0
     torch_threads: int | None = None
     export_images: bool = False
+    thresholds: str | None = None
+    tta: bool = False
+    tta_merge: str = "nms"
+    tta_scales: tuple[float, ...] = (0.8, 1.0, 1.2)
+    report: bool = False
+
+    def tta_options(self):
+        """The test-time augmentation settings (glip_label.tta), or None without --tta."""
+        from glip_label.tta import TTAOptions
+
+        return TTAOptions(scales=tuple(self.tta_scales), merge=self.tta_merge) if self.tta else None
+
+    def phrase_thresholds(self) -> dict[str, float] | None:
+        """--thresholds as {lower-cased class name: threshold}: a phrase whose text is a class name keeps
+        only boxes scoring at least that class's threshold; other phrases keep the box floor."""
+        if not self.thresholds:
+            return None
+        from glip_label.runs.calibrate import read_thresholds
+
+        return {name.strip().lower(): value for name, value in read_thresholds(self.thresholds).items()}
 
     def validate(self) -> None:
         if self.phrases not in PHRASE_MODES:
@@ -81,6 +103,9 @@ class PseudoCaptionOptions:
             raise ValueError("--batch-size must be >= 1")
         if self.model is None and not self.random_init:
             raise ValueError("no --model given (pass --random-init to run with an untrained model)")
+        if self.tta and self.engine != "local":
+            raise ValueError("--tta runs with --engine local only")
+        self.tta_options()
 
 
 @dataclass
@@ -142,13 +167,19 @@ class PseudoCaptionLabeler(PredictorLabeler):
     def __init__(self, options: PseudoCaptionOptions, finder: PhraseFinder, predictor=None) -> None:
         super().__init__(options, predictor)
         self.finder = finder
+        self.tta, self.thresholds = options.tta_options(), options.phrase_thresholds()
 
     def label_batch(self, batch: Sequence[tuple[str, CaptionItem | CaptionError]]) -> list[ItemResult]:
-        return label_batch(self.predictor, self.finder, batch, self.options.box_floor, self.options.max_pixels)
+        return label_batch(self.predictor, self.finder, batch, self.options.box_floor, self.options.max_pixels,
+                           self.tta, self.thresholds)
 
 def label_batch(predictor, finder: PhraseFinder, entries: Sequence[tuple[str, CaptionItem | CaptionError]],
-                box_floor: float, max_pixels: int | None) -> list[ItemResult]:
+                box_floor: float, max_pixels: int | None, tta=None,
+                thresholds: dict[str, float] | None = None) -> list[ItemResult]:
     """Ground one batch. entries: (journal key, item); returns one result per entry, in order.
+
+    tta: glip_label.tta.TTAOptions to ground every pair under test-time augmentation; thresholds:
+    {lower-cased phrase: minimum score} for phrases that are calibrated class names.
 
     A failed entry's error is {"id", "reason", "kind"}.
     """
@@ -174,9 +205,18 @@ def label_batch(predictor, finder: PhraseFinder, entries: Sequence[tuple[str, Ca
             continue
         ready.append((i, item, loaded, phrases_to_prompt(caption, phrases), note))
     if ready:
-        detections = predictor.predict_grounding([r[2].image for r in ready], [r[3] for r in ready], box_floor)
+        if tta is not None:
+            from glip_label.tta import predict_grounding_tta
+
+            detections = predict_grounding_tta(predictor, [r[2].image for r in ready], [r[3] for r in ready], tta,
+                                               box_floor)
+        else:
+            detections = predictor.predict_grounding([r[2].image for r in ready], [r[3] for r in ready], box_floor)
         for (i, item, loaded, prompt, note), det in zip(ready, detections, strict=True):
             key = entries[i][0]
+            if thresholds and len(det):
+                floors = np.array([thresholds.get(p.strip().lower(), box_floor) for p in prompt.phrases])
+                det = det.select(det.scores >= floors[det.labels])
             if len(det) == 0:
                 results[i] = _error(key, item.id, f"no box scored above the floor {box_floor}", "no_box")
                 continue
@@ -249,6 +289,8 @@ def run_key_for(options: PseudoCaptionOptions, finder: PhraseFinder, weights: st
         "dtype": options.dtype,
         "shard": options.shard,
         "max_pixels": options.max_pixels,
+        **({"tta": options.tta_options().to_dict()} if options.tta else {}),
+        **({"thresholds": options.phrase_thresholds()} if options.thresholds else {}),
     }
 
 
@@ -296,7 +338,12 @@ def pseudo_caption(options: PseudoCaptionOptions, predictor=None, progress: bool
     finally:
         journal.close()
     seconds = time.perf_counter() - started
-    return write_outputs(out, keys, options, seconds)
+    summary = write_outputs(out, keys, options, seconds)
+    if options.report:
+        from glip_label.report import write_pseudo_caption_report
+
+        write_pseudo_caption_report(out, _recorded_root(_image_source(options)))
+    return summary
 
 
 # ------------------------------------------------------------------------------------------- final files

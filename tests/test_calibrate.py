@@ -1,0 +1,104 @@
+"""Threshold search on known precision-recall curves, thresholds.json through annotate, the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from glip_label.runs.annotate import AnnotateOptions, Ontology, load_ontology, postprocess_for_ontology
+from glip_label.runs.calibrate import (
+    ClassMatches,
+    apply_thresholds,
+    calibrate_thresholds,
+    choose_threshold,
+    match_detections,
+    micro_prf,
+    ontology_yaml,
+    pr_curve,
+    prf_at,
+    read_thresholds,
+)
+
+
+def test_pr_curve_known_values():
+    scores = np.array([0.9, 0.8, 0.7, 0.6, 0.5])
+    is_tp = np.array([True, False, True, True, False])
+    curve = pr_curve(scores, is_tp, n_gold=4)
+    np.testing.assert_allclose(curve.thresholds, scores)
+    np.testing.assert_allclose(curve.precision, [1, 1 / 2, 2 / 3, 3 / 4, 3 / 5])
+    np.testing.assert_allclose(curve.recall, [1 / 4, 1 / 4, 2 / 4, 3 / 4, 3 / 4])
+    # F1 at 0.6: P = R = 0.75 -> 0.75, the maximum
+    assert choose_threshold(scores, is_tp, 4) == (0.6, True)
+    # precision >= 0.7 first reached (lowest threshold) at 0.6 (0.75); >= 0.9 only at 0.9
+    assert choose_threshold(scores, is_tp, 4, target_precision=0.7) == (0.6, True)
+    assert choose_threshold(scores, is_tp, 4, target_precision=0.9) == (0.9, True)
+
+
+def test_ties_and_unreachable_targets():
+    # Two boxes share 0.8: they are kept or dropped together.
+    scores = np.array([0.8, 0.8, 0.4])
+    is_tp = np.array([True, False, True])
+    curve = pr_curve(scores, is_tp, n_gold=2)
+    np.testing.assert_allclose(curve.thresholds, [0.8, 0.4])
+    np.testing.assert_allclose(curve.precision, [0.5, 2 / 3])
+    threshold, met = choose_threshold(scores, is_tp, 2, target_precision=0.9)
+    assert (threshold, met) == (0.4, False)  # never reached: the highest-precision point, flagged
+    assert choose_threshold(scores, np.zeros(3, dtype=bool), 2) == (None, False)
+    # equal F1 at two thresholds: the higher one (fewer boxes)
+    scores, is_tp = np.array([0.9, 0.5, 0.4]), np.array([True, True, False])
+    f1 = pr_curve(scores, is_tp, 4).f1
+    assert f1[0] < f1[1]
+    assert choose_threshold(np.array([0.9, 0.3]), np.array([True, False]), 1) == (0.9, True)
+
+
+def test_match_detections_greedy_by_score():
+    gold = np.array([[0, 0, 9, 9], [20, 20, 29, 29]], dtype=float)
+    boxes = np.array([[0, 0, 9, 9], [1, 1, 9, 9], [20, 20, 29, 29], [50, 50, 60, 60]], dtype=float)
+    scores = np.array([0.5, 0.9, 0.3, 0.8])
+    # 0.9 takes the first gold box; 0.5 (same object) is a duplicate; 0.3 matches the second.
+    assert match_detections(boxes, scores, gold).tolist() == [False, True, True, False]
+    assert match_detections(boxes, scores, np.zeros((0, 4))).tolist() == [False] * 4
+
+
+def test_calibrated_beats_global_on_two_kinds_of_class():
+    # "cat" scores high (true boxes 0.9-0.7, false 0.3); "dog" scores low (true 0.35-0.3, false 0.1).
+    cat = ClassMatches(np.array([0.9, 0.8, 0.7, 0.3, 0.3]), np.array([1, 1, 1, 0, 0], dtype=bool), 3)
+    dog = ClassMatches(np.array([0.35, 0.3, 0.1, 0.1]), np.array([1, 1, 0, 0], dtype=bool), 2)
+    result = calibrate_thresholds({"cat": cat, "dog": dog}, ["cat", "dog", "bird"])
+    assert result["thresholds"]["cat"] == 0.7
+    assert result["thresholds"]["dog"] == 0.3
+    assert result["classes"]["bird"]["source"] == "fallback"
+    assert result["thresholds"]["bird"] == result["default"] == result["global"]["threshold"]
+    assert result["per_class_micro"]["f1"] == 1.0
+    assert result["global"]["f1"] < 1.0
+    per_class = {"cat": cat, "dog": dog}
+    assert micro_prf(per_class, {"cat": 0.7, "dog": 0.3}) == result["per_class_micro"]
+    assert result["classes"]["dog"]["at_threshold"] == prf_at(dog.scores, dog.is_tp, 2, 0.3)
+    with pytest.raises(ValueError, match="boxes none"):
+        calibrate_thresholds({}, ["cat"])
+
+
+def test_thresholds_file_round_trip_through_annotate(tmp_path):
+    ontology = load_ontology(prompt="cat. dog. bird")
+    path = tmp_path / "thresholds.json"
+    path.write_text(json.dumps({"thresholds": {"cat": 0.7, "dog": 0.3, "horse": 0.5}}))
+    merged = apply_thresholds(ontology, read_thresholds(path))
+    assert merged.thresholds == {"cat": 0.7, "dog": 0.3}
+    from glip_label.records import Detections
+
+    det = Detections(np.array([[0, 0, 9, 9]] * 4, dtype=float) + np.arange(4)[:, None] * 20,
+                     [0.69, 0.71, 0.31, 0.29], [0, 0, 1, 1], ontology.phrases)
+    kept = postprocess_for_ontology(det, merged, AnnotateOptions(source="", out=tmp_path, threshold=0.5))
+    assert sorted(kept.scores.tolist()) == [0.31, 0.71]
+    # and through an ontology file
+    (tmp_path / "o.yaml").write_text(ontology_yaml(merged))
+    again = load_ontology(ontology=tmp_path / "o.yaml")
+    assert again == Ontology(ontology.categories, ontology.phrases, ontology.phrase_category, merged.thresholds)
+    path.write_text(json.dumps({"thresholds": {"horse": 0.5}}))
+    with pytest.raises(ValueError, match="none of its classes"):
+        apply_thresholds(ontology, read_thresholds(path))
+    path.write_text(json.dumps({"thresholds": {"cat": 1.5}}))
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        read_thresholds(path)
