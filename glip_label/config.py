@@ -147,7 +147,7 @@ PRESETS: dict[str, GLIPConfig] = {
 
 def get_preset(name: str) -> GLIPConfig:
     try:
-        return PRESETS[name]
+        return PRESETS[name].replace()  # a copy: callers (a predictor, a test) may change their config's fields
     except KeyError:
         raise ValueError(f"unknown GLIP preset {name!r}; choose one of: {', '.join(PRESETS)}") from None
 
@@ -172,7 +172,7 @@ def resolve_config(
         return from_official_yaml(list(config))
     text = str(config)
     if text in PRESETS:
-        return PRESETS[text]
+        return get_preset(text)
     path = Path(text)
     if path.suffix in {".yaml", ".yml"}:
         return from_official_yaml(path)

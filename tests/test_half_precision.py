@@ -191,7 +191,7 @@ def test_glip_t_in_fp16_finds_the_fp32_boxes_on_cpu(parity_dir, parity_checkpoin
     found = {}
     for dtype in ("fp32", "fp16"):
         predictor = load_model(parity_checkpoint, config="glip-t", dtype=dtype)
-        predictor.config.min_size_test = 400
+        predictor.config = predictor.config.replace(min_size_test=400)
         found[dtype] = predictor.predict(parity_dir / "inputs" / case["image"], threshold=0.0, **_prompt_args(case))
     _assert_agrees(found["fp32"], found["fp16"], f"GLIP-T fp16 {case['case']} at 400 px")
 

@@ -109,6 +109,16 @@ def test_fixture_yaml_is_the_parity_config(parity_dir):
     assert from_official_yaml(fixture_yaml) == PRESETS["glip-t"].replace(name="glip_Swin_T_O365_GoldG")
 
 
+def test_a_resolved_preset_is_a_copy_that_callers_may_change():
+    """A predictor that changes its config (a test shrinking the input, a user tuning min_size_test) must not
+    change the preset for every later load in the process: CI once failed 11 tests that ran after one did."""
+    for name in ("glip-t", ["glip-t"]):
+        config = resolve_config(name)
+        config.min_size_test = 123
+    assert PRESETS["glip-t"].min_size_test == 800
+    assert resolve_config("glip-t").min_size_test == 800
+
+
 def test_keys_a_yaml_leaves_out_take_the_official_defaults(tmp_path):
     # glip_Swin_L.yaml sets no FREEZE_CONV_BODY_AT: the official default (2) freezes patch_embed and stage 0.
     assert from_official_yaml(CONFIGS / "glip_Swin_L.yaml").freeze_backbone_at == 2
