@@ -51,21 +51,6 @@ def mkstemp_like_open(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = mkstemp_like_open(path)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 @contextmanager
 def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> Iterator[IO]:
     """Stream a large file to a temporary name; it appears at `path` only when the block finishes cleanly."""
@@ -81,6 +66,11 @@ def atomic_open(path: str | Path, mode: str = "w", encoding: str = "utf-8") -> I
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
 
 
 def write_json_array(fh: IO[str], items: Iterable[Any]) -> int:
@@ -104,6 +94,11 @@ def atomic_write_json(path: str | Path, obj: Any, indent: int | None = 2) -> Non
 
 def atomic_write_jsonl(path: str | Path, records: Iterable[Any]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+
+
+def read_json(path: str | Path) -> Any:
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
 
 
 def read_jsonl(path: str | Path) -> list[Any]:

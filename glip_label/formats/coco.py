@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from glip_label.io import atomic_open, atomic_write_json
+from glip_label.io import atomic_open, atomic_write_json, read_json
 from glip_label.records import Detections, ImageRecord
 
 BOX_CONVENTION = "bbox = [x1, y1, x2 - x1 + 1, y2 - y1 + 1] from GLIP '+1' xyxy pixels (official GLIP COCO export)"
@@ -78,7 +78,64 @@ def _check_finite(boxes: np.ndarray, where: str) -> None:
 # ----------------------------------------------------------------------------------------- writer
 
 
-class CocoWriter:
+class CocoLayoutWriter:
+    """What every writer of a COCO-layout file shares (detection here, MDETR-style grounding in
+    `glip_label.formats.mdetr`): the ``info`` block stating the box convention, image entries and
+    annotations kept in the order added, ids counted from 1, and the file written atomically.
+
+    A subclass builds the entries in its ``add`` and hands them to `_commit`; it supplies
+    ``categories_list()``. `StreamingWriter` replaces `_store` to send the entries to a file instead.
+    """
+
+    def __init__(self, description: str, info: dict | None = None, **fixed_info: Any) -> None:
+        self.info = {
+            "description": description,
+            "box_convention": BOX_CONVENTION,
+            "bbox_decimals": BBOX_DECIMALS,
+            **fixed_info,
+        }
+        if info:
+            self.info.update(info)
+        self._images: list[dict[str, Any]] = []
+        self._annotations: list[dict[str, Any]] = []
+        self._num_images = 0
+        self._num_annotations = 0
+
+    def _commit(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
+        """Store one image entry with its annotations and advance the id counters."""
+        self._store(image, annotations)
+        self._num_images += 1
+        self._num_annotations += len(annotations)
+
+    def _store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
+        self._images.append(image)
+        self._annotations.extend(annotations)
+
+    def __len__(self) -> int:
+        return self._num_images
+
+    @property
+    def num_annotations(self) -> int:
+        return self._num_annotations
+
+    def categories_list(self) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "info": dict(self.info),
+            "licenses": [],
+            "images": list(self._images),
+            "annotations": list(self._annotations),
+            "categories": self.categories_list(),
+        }
+
+    def write(self, path: str | Path) -> None:
+        """Write atomically (compact JSON: COCO files of large runs are big)."""
+        atomic_write_json(path, self.to_dict(), indent=None)
+
+
+class CocoWriter(CocoLayoutWriter):
     """Collects image records into one COCO detection file.
 
     Labels of the records given to `add` must already be category indices (0-based into
@@ -94,19 +151,8 @@ class CocoWriter:
             raise ValueError("category names must be unique (merge synonyms with an ontology before writing)")
         self.categories = list(categories)
         self.category_id_base = int(category_id_base)
-        self.info = {
-            "description": "pseudo-labels written by glip-label",
-            "box_convention": BOX_CONVENTION,
-            "bbox_decimals": BBOX_DECIMALS,
-            "category_id_base": self.category_id_base,
-        }
-        if info:
-            self.info.update(info)
-        self._images: list[dict[str, Any]] = []
-        self._annotations: list[dict[str, Any]] = []
+        super().__init__("pseudo-labels written by glip-label", info, category_id_base=self.category_id_base)
         self._file_names: set[str] = set()
-        self._num_images = 0
-        self._num_annotations = 0
 
     def category_id(self, category_index: int) -> int:
         return self.category_id_base + int(category_index)
@@ -150,21 +196,8 @@ class CocoWriter:
                     "score": round(float(score), SCORE_DECIMALS),
                 }
             )
-        self._store(image, annotations)
-        self._num_images += 1
-        self._num_annotations += len(annotations)
+        self._commit(image, annotations)
         return image_id
-
-    def _store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
-        self._images.append(image)
-        self._annotations.extend(annotations)
-
-    def __len__(self) -> int:
-        return self._num_images
-
-    @property
-    def num_annotations(self) -> int:
-        return self._num_annotations
 
     def categories_list(self) -> list[dict[str, Any]]:
         return [
@@ -172,25 +205,12 @@ class CocoWriter:
             for i, name in enumerate(self.categories)
         ]
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "info": dict(self.info),
-            "licenses": [],
-            "images": list(self._images),
-            "annotations": list(self._annotations),
-            "categories": self.categories_list(),
-        }
-
     def to_results_list(self) -> list[dict[str, Any]]:
         """The annotations as a pycocotools results list (what `COCO.loadRes` and `evaluate_coco` take)."""
         return [
             {"image_id": a["image_id"], "category_id": a["category_id"], "bbox": list(a["bbox"]), "score": a["score"]}
             for a in self._annotations
         ]
-
-    def write(self, path: str | Path) -> None:
-        """Write atomically (compact JSON: COCO files of large runs are big)."""
-        atomic_write_json(path, self.to_dict(), indent=None)
 
 
 class CocoFileSink:
@@ -360,9 +380,7 @@ def normalize_coco(data: dict[str, Any]) -> dict[str, Any]:
 
 def read_coco(path: str | Path) -> dict[str, Any]:
     """Load a COCO json, tolerating the variants found in the wild (see `normalize_coco`)."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    return normalize_coco(data)
+    return normalize_coco(read_json(path))
 
 
 def records_from_coco(data: dict[str, Any]) -> tuple[list[str], list[ImageRecord]]:

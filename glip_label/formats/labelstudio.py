@@ -2,7 +2,9 @@
 
 Each task is ``{"data": {"image": url}, "predictions": [{"model_version", "score", "result": [...]}]}``
 and each result a ``rectanglelabels`` region whose ``x, y, width, height`` are PERCENT of the image
-size (0-100, top-left origin), the format of HumanSignal's ML backends (formats-and-peers.md §5.2).
+size (0-100, top-left origin): Label Studio's guide "Import pre-annotated data into Label Studio"
+(labelstud.io/guide/predictions), the format HumanSignal's ML backends return
+(label-studio-ml-backend ``label_studio_ml/examples/grounding_dino/dino.py``).
 
 Box convention: the percentages come from the same xywh as the COCO export (w = x2 - x1 + 1 from
 GLIP "+1" xyxy pixels), so ``x = x1 / W · 100`` and ``width = w / W · 100``, after clipping the box to
@@ -72,7 +74,9 @@ def iter_labelstudio_tasks(
     image_url_prefix: str = "/data/local-files/?d=",
     model_version: str = "glip-label",
 ) -> Iterator[dict[str, Any]]:
-    """Tasks for Label Studio's JSON import, one per record, lazily (see `labelstudio_tasks`)."""
+    """Tasks for Label Studio's JSON import, one per record, lazily. ``data.image`` is ``image_url_prefix`` +
+    the URL-quoted file name: with local-files storage the prefix should end in the path of the image root
+    relative to ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` (e.g. ``/data/local-files/?d=photos/``)."""
     for record in records:
         results = rectangle_results(record, categories)
         scores = record.detections.scores
@@ -88,16 +92,10 @@ def iter_labelstudio_tasks(
         }
 
 
-def labelstudio_tasks(
-    records: Iterable[ImageRecord],
-    categories: list[str],
-    image_url_prefix: str = "/data/local-files/?d=",
-    model_version: str = "glip-label",
-) -> list[dict[str, Any]]:
-    """Tasks for Label Studio's JSON import. ``data.image`` is ``image_url_prefix`` + the URL-quoted
-    file name: with local-files storage the prefix should end in the path of the image root relative
-    to ``LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT`` (e.g. ``/data/local-files/?d=photos/``)."""
-    return list(iter_labelstudio_tasks(records, categories, image_url_prefix, model_version))
+def labelstudio_tasks(records: Iterable[ImageRecord], categories: list[str], **options: str) -> list[dict[str, Any]]:
+    """All tasks of `iter_labelstudio_tasks` as one list (``options``: its ``image_url_prefix`` and
+    ``model_version``)."""
+    return list(iter_labelstudio_tasks(records, categories, **options))
 
 
 def labelstudio_label_config(categories: list[str]) -> str:

@@ -1,8 +1,9 @@
 """MDETR/GLIP-style grounding COCO: a COCO file whose images carry a ``caption`` and whose annotations
 carry ``tokens_positive`` (character spans of the phrases that refer to the box).
 
-This is the format of MDETR's GoldG files (``final_mixed_train_no_coco.json``,
-``final_flickr_separateGT_*.json``) that GLIP's ``ModulatedDataset`` trains on (formats-and-peers.md §3).
+This is the format of MDETR's GoldG files (``final_mixed_train_no_coco.json``, written by MDETR's
+``scripts/utils/dump.py``; ``final_flickr_separateGT_*.json``, by ``scripts/pre-training/flickr_combined.py``)
+that GLIP trains on (``maskrcnn_benchmark/data/datasets/modulated_coco.py::ModulatedDataset``).
 
 Box convention: ``bbox`` is COCO xywh written like the official GLIP export, w = x2 - x1 + 1 from
 the records' "+1" xyxy; GLIP's grounding loader reads it back with x2 = x + w - 1, so the boxes it
@@ -18,7 +19,6 @@ box grounds. ``tokens_positive_eval`` holds, per phrase with at least one box, t
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -26,19 +26,19 @@ from glip_label.formats.coco import (
     BBOX_DECIMALS,
     SCORE_DECIMALS,
     CocoFileSink,
+    CocoLayoutWriter,
     StreamingWriter,
     normalize_coco,
     xyxy_to_xywh,
 )
 from glip_label.formats.odvg import check_xyxy, grounding_regions, normalize_spans
-from glip_label.io import atomic_write_json
+from glip_label.io import read_json
 from glip_label.records import ImageRecord
 
 OBJECT_CATEGORY = {"id": 1, "name": "object", "supercategory": "object"}
-BOX_CONVENTION = "bbox = [x1, y1, x2 - x1 + 1, y2 - y1 + 1] from GLIP '+1' xyxy pixels (official GLIP COCO export)"
 
 
-class MdetrWriter:
+class MdetrWriter(CocoLayoutWriter):
     """Collects (image, caption) pairs and their grounded boxes into one grounding COCO file.
 
     One image entry per (image, caption) pair, as in MDETR's Flickr files: an image with five captions
@@ -46,17 +46,7 @@ class MdetrWriter:
     """
 
     def __init__(self, info: dict | None = None) -> None:
-        self.info = {
-            "description": "caption grounding pseudo-labels written by glip-label",
-            "box_convention": BOX_CONVENTION,
-            "bbox_decimals": BBOX_DECIMALS,
-        }
-        if info:
-            self.info.update(info)
-        self._images: list[dict[str, Any]] = []
-        self._annotations: list[dict[str, Any]] = []
-        self._num_images = 0
-        self._num_annotations = 0
+        super().__init__("caption grounding pseudo-labels written by glip-label", info)
 
     def add(
         self,
@@ -118,14 +108,8 @@ class MdetrWriter:
                 "tokens_positive_eval": [[list(s) for s in spans] for spans in phrase_spans],
             }
         )
-        self._store(image, new_annotations)
-        self._num_images += 1
-        self._num_annotations += len(new_annotations)
+        self._commit(image, new_annotations)
         return image_id
-
-    def _store(self, image: dict[str, Any], annotations: list[dict[str, Any]]) -> None:
-        self._images.append(image)
-        self._annotations.extend(annotations)
 
     def add_record(
         self,
@@ -138,27 +122,8 @@ class MdetrWriter:
         regions = grounding_regions(record.detections, spans)
         return self.add(record.file_name, record.height, record.width, caption, regions, image_fields)
 
-    def __len__(self) -> int:
-        return self._num_images
-
-    @property
-    def num_annotations(self) -> int:
-        return self._num_annotations
-
     def categories_list(self) -> list[dict[str, Any]]:
         return [dict(OBJECT_CATEGORY)]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "info": dict(self.info),
-            "licenses": [],
-            "images": list(self._images),
-            "annotations": list(self._annotations),
-            "categories": self.categories_list(),
-        }
-
-    def write(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_dict(), indent=None)
 
 
 class MdetrStreamWriter(StreamingWriter, MdetrWriter):
@@ -214,6 +179,4 @@ def normalize_mdetr(data: dict[str, Any]) -> dict[str, Any]:
 
 def read_mdetr(path: str | Path) -> dict[str, Any]:
     """Load an MDETR/GLIP-style grounding COCO json, tolerating its known variants (`normalize_mdetr`)."""
-    with open(path, encoding="utf-8") as fh:
-        data = json.load(fh)
-    return normalize_mdetr(data)
+    return normalize_mdetr(read_json(path))

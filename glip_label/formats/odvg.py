@@ -11,7 +11,8 @@ detection is thus the same box in every format glip-label writes: COCO ``[x1, y1
 all with w = x2 - x1 + 1 (tests/test_roundtrips.py states each consumer's reading rule). Rounded to
 2 decimals, like the reference converters.
 
-Records are written so that BOTH consumers can load them (formats-and-peers.md §2.2):
+Records are written so that BOTH consumers can load them (Open-GroundingDino ``datasets/odvg.py::ODVGDataset``
+and its ``data_format.md``; mmdetection ``mmdet/datasets/odvg.py::ODVGDataset``):
 - detection: integer ``label`` (key into a 0-based ``label_map`` json; Open-GroundingDino looks up
   ``str(label)``, mmdet ``int(label)``) and ``category`` (the name; X-AnyLabeling's importer reads it);
 - grounding: ``caption`` (mmdet's text), one xyxy per region (Open-GroundingDino cannot take a list),

@@ -16,6 +16,16 @@ import torch
 TO_REMOVE = 1.0  # legacy "+1" width: a box from x1 to x2 covers x2 - x1 + 1 pixels
 
 
+def size_and_centre(boxes_xyxy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(widths, heights, centre x, centre y) of [..., 4] xyxy boxes, each [...], in the official operation order:
+    sizes with the legacy +1, centres as (x2 + x1) / 2."""
+    widths = boxes_xyxy[..., 2] - boxes_xyxy[..., 0] + TO_REMOVE
+    heights = boxes_xyxy[..., 3] - boxes_xyxy[..., 1] + TO_REMOVE
+    ctr_x = (boxes_xyxy[..., 2] + boxes_xyxy[..., 0]) / 2
+    ctr_y = (boxes_xyxy[..., 3] + boxes_xyxy[..., 1]) / 2
+    return widths, heights, ctr_x, ctr_y
+
+
 class BoxCoder:
     """Anchor-relative (dx, dy, dw, dh) deltas <-> xyxy boxes, with the official weights and clamp.
 
@@ -34,16 +44,8 @@ class BoxCoder:
     def encode(self, gt_boxes: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Regression targets for `gt_boxes` [N,4] xyxy w.r.t. `anchors` [N,4] xyxy -> [N,4] deltas."""
         wx, wy, ww, wh = self.weights
-        anchors = anchors.to(gt_boxes.dtype)
-        ex_widths = anchors[..., 2] - anchors[..., 0] + TO_REMOVE
-        ex_heights = anchors[..., 3] - anchors[..., 1] + TO_REMOVE
-        ex_ctr_x = (anchors[..., 2] + anchors[..., 0]) / 2
-        ex_ctr_y = (anchors[..., 3] + anchors[..., 1]) / 2
-
-        gt_widths = gt_boxes[..., 2] - gt_boxes[..., 0] + TO_REMOVE
-        gt_heights = gt_boxes[..., 3] - gt_boxes[..., 1] + TO_REMOVE
-        gt_ctr_x = (gt_boxes[..., 2] + gt_boxes[..., 0]) / 2
-        gt_ctr_y = (gt_boxes[..., 3] + gt_boxes[..., 1]) / 2
+        ex_widths, ex_heights, ex_ctr_x, ex_ctr_y = size_and_centre(anchors.to(gt_boxes.dtype))
+        gt_widths, gt_heights, gt_ctr_x, gt_ctr_y = size_and_centre(gt_boxes)
 
         targets_dx = wx * (gt_ctr_x - ex_ctr_x) / ex_widths
         targets_dy = wy * (gt_ctr_y - ex_ctr_y) / ex_heights
@@ -54,11 +56,7 @@ class BoxCoder:
     def decode(self, deltas: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
         """Boxes [N,4] xyxy (legacy +1 convention) from `deltas` [N,4] applied to `anchors` [N,4]."""
         wx, wy, ww, wh = self.weights
-        anchors = anchors.to(deltas.dtype)
-        widths = anchors[..., 2] - anchors[..., 0] + TO_REMOVE
-        heights = anchors[..., 3] - anchors[..., 1] + TO_REMOVE
-        ctr_x = (anchors[..., 2] + anchors[..., 0]) / 2
-        ctr_y = (anchors[..., 3] + anchors[..., 1]) / 2
+        widths, heights, ctr_x, ctr_y = size_and_centre(anchors.to(deltas.dtype))
 
         dx = deltas[..., 0] / wx
         dy = deltas[..., 1] / wy

@@ -6,7 +6,10 @@ official CUDA kernel, it insists that offsets have the output's spatial size. Dy
 offset/mask map per level and reuses it for the neighbour levels; for the coarser neighbour the output
 is smaller than the offset map, and the official kernel simply reads the first 18*Ho*Wo (offset) and
 9*Ho*Wo (mask) floats of each image's channel-major block as if they were [18, Ho, Wo] / [9, Ho, Wo]
-(spec §2.4.3). `reinterpret_offsets` reproduces that pointer arithmetic explicitly.
+(official ``maskrcnn_benchmark/modeling/rpn/vldyhead.py::DyConv.forward`` feeding
+``maskrcnn_benchmark/layers/deform_conv.py::ModulatedDeformConv``, whose
+``csrc/cuda/deform_conv_kernel_cuda.cu::modulated_deformable_im2col_gpu_kernel`` indexes the raw pointers).
+`reinterpret_offsets` reproduces that pointer arithmetic explicitly.
 
 On CPU, inference uses `deform_conv2d_cpu`, a pure-PyTorch version of the same op (one `embedding_bag`
 gathers the bilinear samples of all taps, masks folded into the weights, into an im2col tensor; one
@@ -141,15 +144,8 @@ def _bilinear_taps(
     return index, weight
 
 
-def deform_conv2d_cpu(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    mask: torch.Tensor,
-    stride: int = 1,
-    padding: int = 0,
-) -> torch.Tensor:
+def deform_conv2d_cpu(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                      mask: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
     """torchvision.ops.deform_conv2d(x, offset, weight, bias, stride, padding, mask=mask) in plain PyTorch.
 
     Same layout and semantics for one offset group, one weight group and dilation 1: offset [B, 2K, Ho, Wo]
@@ -188,15 +184,8 @@ def deform_conv2d_cpu(
     return out
 
 
-def deform_conv2d_cpu_autograd(
-    x: torch.Tensor,
-    offset: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    mask: torch.Tensor,
-    stride: int = 1,
-    padding: int = 0,
-) -> torch.Tensor:
+def deform_conv2d_cpu_autograd(x: torch.Tensor, offset: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                               mask: torch.Tensor, stride: int = 1, padding: int = 0) -> torch.Tensor:
     """`deform_conv2d_cpu` built from differentiable ops, for training on CPU.
 
     torchvision's CPU backward of deform_conv2d is slow (most of a glip-tiny training step); autograd

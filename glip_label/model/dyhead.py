@@ -70,7 +70,7 @@ class DyReLU(nn.Module):
 
 
 class DyConv(nn.Module):
-    """One DyHead block over the 5 pyramid levels (spec §2.4.3).
+    """One DyHead block over the 5 pyramid levels (official ``maskrcnn_benchmark/modeling/rpn/vldyhead.py::DyConv``).
 
     Per level l: offsets/masks come from level l and are shared by the three deformable convs: on level l
     (stride 1), on the finer level l-1 (stride 2) and on the coarser level l+1 (stride 1, then bilinear

@@ -1,6 +1,7 @@
 """VLFuse: GLIP's bidirectional image<->text cross-attention (`rpn.head.dyhead_tower.{3i}.b_attn.*`).
 
-Follows the official BiAttentionBlockForCheckpoint / BiMultiHeadAttention (spec §2.4.1), including
+Follows the official ``maskrcnn_benchmark/utils/fuse_helper.py`` BiAttentionBlockForCheckpoint /
+BiMultiHeadAttention (built by ``VLFuse`` in ``maskrcnn_benchmark/modeling/rpn/vldyhead.py``), including
 its quirks: the residuals are added to the LayerNorm-ed inputs, attention logits are clamped to
 +-50000, the text side softmax (over all visual positions) has no mask, and on the image side PAD
 tokens get -9e15 while valid tokens get +1 (which cancels in the softmax but is kept for bit parity).

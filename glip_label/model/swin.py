@@ -104,7 +104,11 @@ class SwinBlock(nn.Module):
 
 
 class PatchMerging(nn.Module):
-    """2x2 neighbourhood -> one token. Sub-grid order is the original Swin's; mmcv/timm differ (spec §9.20)."""
+    """2x2 neighbourhood -> one token, as ``maskrcnn_benchmark/modeling/backbone/swint.py::PatchMerging``.
+
+    Sub-grid order is the original Swin's; mmcv/timm differ (mmdet's ``tools/model_converters/glip_to_mmdet.py``
+    permutes these weights for that reason).
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()

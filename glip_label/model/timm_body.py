@@ -3,7 +3,9 @@
 Any timm model that supports ``features_only`` works: we take its stride-8/16/32 feature maps (the
 ones the FPN's laterals read, like Swin stages 1..3). Pretrained timm weights expect RGB in [0, 1]
 normalised with the ImageNet mean/std; GLIP's input is BGR in 0..255 normalised with those same
-statistics times 255 (spec §3), so flipping the channel order gives exactly the input timm expects.
+statistics times 255 (official ``maskrcnn_benchmark/data/transforms/build.py::build_transforms`` with
+``INPUT.TO_BGR255``, ``INPUT.PIXEL_MEAN`` / ``PIXEL_STD``), so flipping the channel order gives exactly the
+input timm expects.
 Such a student saves in the official key layout except under ``backbone.body.*`` (timm's names), so
 it loads in glip-label but not in the official code, whose Swin it does not have.
 """

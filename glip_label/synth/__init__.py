@@ -1,9 +1,12 @@
 """A seeded synthetic grounding world (coloured shapes + captions) for the offline self-training demo and tests.
 
-See :mod:`glip_label.synth.world` for what is sampled, :mod:`glip_label.synth.render` for how it is
-drawn and :mod:`glip_label.synth.export` for the files a world consists of.
+See :mod:`glip_label.synth.world` for what a world and its scenes hold, :mod:`glip_label.synth.sampling`
+for how a scene is sampled, :mod:`glip_label.synth.captions` for how its caption is written,
+:mod:`glip_label.synth.render` for how it is drawn and :mod:`glip_label.synth.export` for the files a
+world consists of.
 """
 
+from glip_label.synth.captions import RELATION_WORDS, make_caption, plural, relation_holds
 from glip_label.synth.export import (
     WORLD_FORMAT,
     WorldPaths,
@@ -13,9 +16,9 @@ from glip_label.synth.export import (
     render_scene,
 )
 from glip_label.synth.render import BACKGROUND_KINDS, SHAPE_NAMES, draw_boxes, mask_box, object_mask
+from glip_label.synth.sampling import make_scene
 from glip_label.synth.world import (
     COLOURS,
-    RELATION_WORDS,
     SIZES,
     SPLITS,
     CaptionPhrase,
@@ -23,10 +26,6 @@ from glip_label.synth.world import (
     Scene,
     SceneObject,
     WorldConfig,
-    make_caption,
-    make_scene,
-    plural,
-    relation_holds,
 )
 
 __all__ = [

@@ -37,7 +37,8 @@ from PIL import Image
 
 from glip_label.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
 from glip_label.synth.render import render_canvas
-from glip_label.synth.world import SPLITS, Scene, WorldConfig, make_scene
+from glip_label.synth.sampling import make_scene
+from glip_label.synth.world import SPLITS, Scene, WorldConfig
 
 WORLD_FORMAT = "glip-label-synth-v1"
 BOX_CONVENTION = "bbox = [x1, y1, x2 - x1 + 1, y2 - y1 + 1]; x1..x2 / y1..y2 are the first..last painted pixels"
