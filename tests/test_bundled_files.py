@@ -17,7 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from glip_label.data.images import discover_images
+from glip_label.data.image_discovery import discover_images
 from glip_label.runs.annotate import load_ontology
 from glip_label.text.prompts import build_detection_prompt, clean_name
 

@@ -18,13 +18,12 @@ import pytest
 from PIL import Image
 
 from glip_label.data import images as images_module
+from glip_label.data.image_discovery import IMAGE_EXTENSIONS, discover_images
 from glip_label.data.images import (
     DEFAULT_MAX_PIXELS,
-    IMAGE_EXTENSIONS,
     ImageError,
     ImageLoader,
     LoadedImage,
-    discover_images,
     iter_images,
     load_image,
 )
@@ -133,7 +132,7 @@ def test_folder_discovery_non_recursive_and_default_report(messy_folder: Path, c
     _, names = discover_images(messy_folder, recursive=False)
     assert all("/" not in n for n in names)
     assert "good.jpg" in names and "PHOTO.JPG" in names
-    with caplog.at_level("WARNING", logger="glip_label.data.images"):
+    with caplog.at_level("WARNING", logger="glip_label.data.image_discovery"):
         discover_images(messy_folder)
     assert any("sub/loop" in rec.getMessage() and "symlink loop" in rec.getMessage() for rec in caplog.records)
 

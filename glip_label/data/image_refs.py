@@ -33,13 +33,12 @@ from glip_label.data.captions import (
     ImageFile,
     ImageRef,
     TarMember,
-    _hf_image_ref,
-    _read_tar_member,
-    _rows_of,
     detect_source_kind,
     iter_captions,
     load_caption_image,
 )
+from glip_label.data.captions.hf import hf_image_ref
+from glip_label.data.captions.load import read_tar_member, rows_of
 from glip_label.data.images import DEFAULT_MAX_PIXELS, ImageError, LoadedImage
 from glip_label.io import atomic_write_bytes
 
@@ -154,10 +153,10 @@ def encoded_image_bytes(ref: ImageRef) -> bytes:
     if isinstance(ref, ImageFile):
         return (Path(ref.root) / ref.file_name).read_bytes()
     if isinstance(ref, TarMember):
-        return _read_tar_member(ref)
+        return read_tar_member(ref)
     if isinstance(ref, DatasetRow):
-        ds, root = _rows_of(ref.source, ref.split, ref.column)
-        ref = _hf_image_ref(ds[ref.index][ref.column], root, ref.display_name)
+        ds, root = rows_of(ref.source, ref.split, ref.column)
+        ref = hf_image_ref(ds[ref.index][ref.column], root, ref.display_name)
         return encoded_image_bytes(ref)
     return ref.data
 

@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from glip_label import __version__
+from glip_label.data.image_discovery import discover_images
 from glip_label.data.images import (
     DEFAULT_MAX_PIXELS,
     ImageError,
     LoadedImage,
-    discover_images,
     iter_images,
     load_image,
 )
