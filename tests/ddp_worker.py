@@ -78,7 +78,8 @@ def make_shapes_data(
 
 def build_dataset(gold: Path, scale: int, seed: int, disable_shuffle: bool, flip_prob: float):
     from glip_label.config import get_preset
-    from glip_label.data.grounding import GroundingDataset, load_source
+    from glip_label.data.dataset import GroundingDataset
+    from glip_label.data.sources import load_source
 
     config = get_preset("glip-tiny").replace(min_size_test=scale, max_size_test=max(scale, 512))
     source = load_source(gold)

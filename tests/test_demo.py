@@ -8,7 +8,7 @@ from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from glip_label.cli import app
-from glip_label.data.grounding import load_source
+from glip_label.data.sources import load_source
 from glip_label.predictor import load_model
 
 runner = CliRunner()

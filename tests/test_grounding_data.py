@@ -11,22 +11,12 @@ import torch
 from PIL import Image
 
 from glip_label.config import get_preset
-from glip_label.data.grounding import (
-    BoxFilter,
-    GroundingCollator,
-    GroundingDataset,
-    MixedSampler,
-    SampleKey,
-    StepBatchSampler,
-    caption_positive_map,
-    confident_groundings,
-    detect_format,
-    detection_prompt,
-    kept_phrases_caption,
-    load_samples,
-    load_source,
-    parse_data_arg,
-)
+from glip_label.data.dataset import GroundingCollator, GroundingDataset
+from glip_label.data.detection_prompt import detection_prompt
+from glip_label.data.pseudo_filter import BoxFilter, confident_groundings, kept_phrases_caption
+from glip_label.data.samplers import MixedSampler, SampleKey, StepBatchSampler
+from glip_label.data.sources import detect_format, load_samples, load_source, parse_data_arg
+from glip_label.data.token_targets import caption_positive_map
 from glip_label.data.transforms import build_transform, mentions_left_or_right, train_scales_for
 from glip_label.formats.coco import CocoWriter
 from glip_label.formats.mdetr import MdetrWriter

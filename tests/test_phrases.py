@@ -10,17 +10,10 @@ import sys
 
 import pytest
 
-from glip_label.text.phrases import (
-    ChunkerUnavailable,
-    Phrase,
-    RuleBasedChunker,
-    SpacyChunker,
-    fit_caption,
-    get_chunker,
-    phrases_to_prompt,
-    vocabulary_phrases,
-)
+from glip_label.text.chunkers import ChunkerUnavailable, SpacyChunker, get_chunker
+from glip_label.text.phrases import Phrase, fit_caption, phrases_to_prompt, vocabulary_phrases
 from glip_label.text.prompts import positive_map_label_to_token, prompt_token_count, tokenize
+from glip_label.text.rule_chunker import RuleBasedChunker
 
 # caption -> expected phrases (rule-based). The first two are the outputs spaCy's noun_chunks gives
 # (environment.md §4); determiners stay in the phrase as in the official GLIP entities ("a remote").
@@ -110,7 +103,7 @@ def test_spacy_missing_names_the_extra(monkeypatch: pytest.MonkeyPatch, caplog: 
         SpacyChunker()
     with pytest.raises(ChunkerUnavailable):
         get_chunker("spacy")
-    with caplog.at_level(logging.INFO, logger="glip_label.text.phrases"):
+    with caplog.at_level(logging.INFO, logger="glip_label.text.chunkers"):
         chunker = get_chunker("auto")
     assert isinstance(chunker, RuleBasedChunker)
     assert "rule-based chunker" in caplog.text

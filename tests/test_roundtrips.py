@@ -33,9 +33,10 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from glip_label.cli import app
-from glip_label.data.grounding import load_sample_image, load_source
 from glip_label.data.image_refs import image_resolver
 from glip_label.data.images import ImageError
+from glip_label.data.samples import load_sample_image
+from glip_label.data.sources import load_source
 from glip_label.formats.odvg import read_odvg
 from glip_label.io import atomic_write_text, current_umask
 from glip_label.runs.annotate import AnnotateOptions, annotate

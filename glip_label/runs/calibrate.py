@@ -258,8 +258,8 @@ def collect_matches(predictor, gold: str | Path, ontology: Ontology, floor: floa
     the same name (case and surrounding spaces ignored). Returns (per boxed category, info) where info
     lists the images that could not be read and the gold classes that are not labeled.
     """
-    from glip_label.data.grounding import parse_data_arg
     from glip_label.data.images import ImageError, load_image
+    from glip_label.data.sources import parse_data_arg
     from glip_label.formats.coco import read_coco, xywh_to_xyxy
     from glip_label.tta import predict_tta
 

@@ -138,7 +138,7 @@ class PhraseFinder:
 
     def _get_chunker(self):
         if self._chunker is None:
-            from glip_label.text.phrases import get_chunker
+            from glip_label.text.chunkers import get_chunker
 
             self._chunker = get_chunker(self.mode)
         return self._chunker

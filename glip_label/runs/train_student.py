@@ -18,14 +18,10 @@ from typing import Any
 import torch
 
 from glip_label.config import GLIPConfig, resolve_config
-from glip_label.data.grounding import (
-    DEFAULT_NUM_NEGATIVES,
-    GroundingDataset,
-    GroundingSource,
-    detect_format,
-    load_source,
-    parse_data_arg,
-)
+from glip_label.data.dataset import GroundingDataset
+from glip_label.data.detection_prompt import DEFAULT_NUM_NEGATIVES
+from glip_label.data.samples import GroundingSource
+from glip_label.data.sources import detect_format, load_source, parse_data_arg
 from glip_label.io import atomic_write_json
 from glip_label.model.glip import GLIP
 from glip_label.train.loop import TrainConfig, train

@@ -1,13 +1,13 @@
 """Prompt text handling: tokenizer, detection prompts, caption spans and positive maps.
 
 GLIP scores a phrase by the tokens its characters fall into, so everything here has to reproduce the
-official evaluation path character for character (`engine/inference.py::create_queries_and_maps` and
-`create_positive_dict`, glip-spec §4): the same name cleaning, the same ". " separator without a
+official evaluation path character for character (`maskrcnn_benchmark/engine/inference.py`
+`create_queries_and_maps` and `create_positive_dict`): the same name cleaning, the same ". " separator without a
 trailing one, the same char→token fallbacks, and a tokenizer identical to HF `bert-base-uncased`
 (BertTokenizerFast). The vocabulary ships with the package so nothing touches the hub.
 
 Where the official code fails silently we raise instead: a prompt longer than the 256-token text limit
-makes the official positive map point at tokens the model never saw (glip-spec §9.14); here that is a
+makes the official positive map point at tokens the model never saw (GLIP issues #61, #140, #142); here that is a
 ValueError that points the caller at `chunk_phrases`.
 """
 
@@ -126,6 +126,11 @@ def clean_name(name: str) -> str:
     return name
 
 
+def is_promptable(name: str) -> bool:
+    """Whether a class name keeps any text after `clean_name`, i.e. can have a phrase span of its own."""
+    return bool(clean_name(name).strip())
+
+
 @dataclass
 class Prompt:
     """A prompt text and the character spans of its phrases.
@@ -156,9 +161,9 @@ def build_detection_prompt(names: Sequence[str], separator: str = DEFAULT_SEPARA
     for index, name in enumerate(names):
         if not isinstance(name, str):
             raise TypeError(f"class name {index} is {type(name).__name__}, expected str")
-        cleaned = clean_name(name)
-        if not cleaned.strip():
+        if not is_promptable(name):
             raise ValueError(f"class name {index} ({name!r}) is empty after clean_name(); it cannot be detected")
+        cleaned = clean_name(name)
         spans.append([(cursor, cursor + len(cleaned))])
         parts.append(cleaned)
         cursor += len(cleaned)

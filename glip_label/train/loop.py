@@ -45,7 +45,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from glip_label.config import GLIPConfig
-from glip_label.data.grounding import GroundingBatch, GroundingCollator, GroundingDataset, StepBatchSampler
+from glip_label.data.dataset import GroundingBatch, GroundingCollator, GroundingDataset
+from glip_label.data.samplers import StepBatchSampler
 from glip_label.io import atomic_open, atomic_write_json, atomic_write_text
 from glip_label.model.anchors import grid_anchors
 from glip_label.model.box_coder import BoxCoder
