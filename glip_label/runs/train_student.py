@@ -1,7 +1,7 @@
 """`glip-label train-student`: gold + pseudo data -> a student GLIP, evaluated on a validation set.
 
 This module only wires the parts together (data in `glip_label.data.grounding`, the loop in
-`glip_label.train.loop`, metrics in `glip_label.train.evaluate`) so that the CLI, the demo and the
+`glip_label.train.trainer`, metrics in `glip_label.train.evaluate`) so that the CLI, the demo and the
 tests run the very same code. Under `torchrun` every process calls `train_student`; the loop joins
 the process group and only rank 0 writes files and evaluates.
 """
@@ -28,7 +28,8 @@ from glip_label.data.grounding import (
 )
 from glip_label.io import atomic_write_json
 from glip_label.model.glip import GLIP
-from glip_label.train.loop import TrainConfig, train
+from glip_label.train.config import TrainConfig
+from glip_label.train.trainer import train
 
 log = logging.getLogger(__name__)
 
