@@ -405,7 +405,7 @@ def load_model(
     with torch.device("meta"):
         model: torch.nn.Module = GLIP(cfg)
         if PROMPT_KEY in state:
-            from glip_label.train.loop import PromptTunedGLIP
+            from glip_label.model.prompt_tuned import PromptTunedGLIP
 
             model = PromptTunedGLIP(model, num_rows=int(state[PROMPT_KEY].shape[0]))
     model = model.to_empty(device="cpu")

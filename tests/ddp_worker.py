@@ -4,7 +4,7 @@ As a module: `make_shapes_data(folder, ...)` draws images of red squares and blu
 writes their gold COCO file (boxes in GLIP's "+1" convention: PIL's rectangle/ellipse [x1, y1, x2, y2]
 cover pixels x1..x2 inclusive, which is exactly the "+1" box).
 
-As a script: trains a glip-tiny student on such data with `glip_label.train.loop.train`. The tests use
+As a script: trains a glip-tiny student on such data with `glip_label.train.trainer.train`. The tests use
 it for the SIGKILL/resume check (a separate process that can be killed) and for torchrun DDP runs.
 """
 
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from glip_label.model.glip import GLIP
-    from glip_label.train.loop import TrainConfig, train
+    from glip_label.train.config import TrainConfig
+    from glip_label.train.trainer import train
 
     config, dataset = build_dataset(args.data, args.scale, args.seed, args.fixed_prompt, args.flip_prob)
     if args.item_delay > 0:

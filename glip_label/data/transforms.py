@@ -1,11 +1,15 @@
-"""Image + box transforms for training and evaluating GLIP students (glip-spec.md §5.1, §6.5).
+"""Image + box transforms for training and evaluating GLIP students.
 
-Training follows the official pretraining recipe: the short side is drawn from (480, 560, 640, 720,
-800) (scaled proportionally for presets whose test size is not 800, e.g. glip-tiny's 320 gives
-192..320), the long side is capped, and the image is flipped horizontally with probability 0.5 —
-except when the caption talks about left or right, because a flipped "man on the left" would teach
-the model the wrong side. Evaluation is exactly the inference preprocessing of
-`glip_label.model.preprocess` (same resize rule, PIL bilinear, BGR x255 normalisation).
+The official pipeline is `maskrcnn_benchmark/data/transforms/build.py`, `build_transforms` (Resize,
+RandomHorizontalFlip, ToTensor, Normalize from `maskrcnn_benchmark/data/transforms/transforms.py`).
+Training follows the official pretraining recipe (AUGMENT.MULT_MIN_SIZE_TRAIN of
+`configs/pretrain/glip_Swin_T_O365.yaml`, AUGMENT.FLIP_PROB_TRAIN of
+`maskrcnn_benchmark/config/defaults.py`): the short side is drawn from (480, 560, 640, 720, 800) (scaled
+proportionally for presets whose test size is not 800, e.g. glip-tiny's 320 gives 192..320), the long
+side is capped, and the image is flipped horizontally with probability 0.5 — except when the caption
+talks about left or right, because a flipped "man on the left" would teach the model the wrong side.
+Evaluation is exactly the inference preprocessing of `glip_label.model.preprocess` (same resize rule,
+PIL bilinear, BGR x255 normalisation).
 
 Box convention. Boxes stay in GLIP's legacy "+1" xyxy convention (a box covering pixel columns x1..x2
 is x2 - x1 + 1 wide) before and after every transform, and the arithmetic is the official one

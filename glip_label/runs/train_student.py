@@ -1,7 +1,7 @@
 """`glip-label train-student`: gold + pseudo data -> a student GLIP, evaluated on a validation set.
 
-This module only wires the parts together (data in `glip_label.data.grounding`, the loop in
-`glip_label.train.loop`, metrics in `glip_label.train.evaluate`) so that the CLI, the demo and the
+This module only wires the parts together (data in `glip_label.data`, the loop in
+`glip_label.train.trainer`, metrics in `glip_label.train.evaluate`) so that the CLI, the demo and the
 tests run the very same code. Under `torchrun` every process calls `train_student`; the loop joins
 the process group and only rank 0 writes files and evaluates.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,15 @@ from glip_label.data.samples import GroundingSource
 from glip_label.data.sources import detect_format, load_source, parse_data_arg
 from glip_label.io import atomic_write_json
 from glip_label.model.glip import GLIP
-from glip_label.train.loop import TrainConfig, train
+from glip_label.train.config import TrainConfig
+from glip_label.train.trainer import train
 
 log = logging.getLogger(__name__)
+
+# TrainConfig fields that train-student does not expose: they keep their TrainConfig defaults, the official
+# values (warm-up factor 0.001, gamma 0.1, bias lr x2, bias weight decay 0). Every other TrainConfig field
+# is filled from the TrainStudentOptions field of the same name (see `TrainStudentOptions.train_config`).
+TRAIN_CONFIG_FIELDS_NOT_OPTIONS = frozenset({"warmup_factor", "gamma", "bias_lr_factor", "bias_weight_decay"})
 
 
 @dataclass
@@ -36,7 +42,7 @@ class TrainStudentOptions:
     gold / pseudo: data files ("FILE" or "FILE@ROOT"), any format `detect_format` knows. Boxes with a
     score (pseudo labels) are kept when score >= pseudo_min_score; pseudo boxes smaller than
     pseudo_min_box_size (either side, pixels) are dropped. pseudo_min_margin: keep only each phrase's
-    best pseudo box, when it is a confident grounding (see `glip_label.data.grounding.BoxFilter`).
+    best pseudo box, when it is a confident grounding (see `glip_label.data.pseudo_filter.BoxFilter`).
     gold_weight / pseudo_weight: copies of each file per epoch, so a small gold set can be seen as often
     as a large pseudo set.
     val: COCO detection files (box AP) and/or MDETR-style grounding files (Recall@k).
@@ -84,14 +90,13 @@ class TrainStudentOptions:
     progress: bool = True
 
     def train_config(self) -> TrainConfig:
-        return TrainConfig(
-            max_steps=self.max_steps, batch_size=self.batch_size, lr=self.lr, lang_lr=self.lang_lr,
-            weight_decay=self.weight_decay, warmup_steps=self.warmup_steps, milestones=tuple(self.milestones),
-            clip_grad_norm=self.clip_grad_norm, amp=self.amp, ema_decay=self.ema_decay,
-            checkpoint_every=self.checkpoint_every, keep_checkpoints=self.keep_checkpoints, seed=self.seed,
-            tune=self.tune, num_workers=self.num_workers, log_every=self.log_every, eval_every=self.eval_every,
-            deterministic=self.deterministic, device=self.device, progress=self.progress,
-        )  # fmt: skip
+        """The loop's settings: each TrainConfig field from the option of the same name.
+
+        Copied by name, not field by field, so a new training option needs no third edit here; the TrainConfig
+        fields train-student does not expose are listed in TRAIN_CONFIG_FIELDS_NOT_OPTIONS.
+        """
+        return TrainConfig(**{field.name: getattr(self, field.name) for field in fields(TrainConfig)
+                              if field.name not in TRAIN_CONFIG_FIELDS_NOT_OPTIONS})
 
 
 def build_student(options: TrainStudentOptions) -> GLIP:
@@ -208,4 +213,11 @@ def train_student(options: TrainStudentOptions) -> dict[str, Any]:
     return {**summary, "metrics": metrics}
 
 
-__all__ = ["TrainStudentOptions", "build_student", "evaluate_files", "load_sources", "train_student"]
+__all__ = [
+    "TRAIN_CONFIG_FIELDS_NOT_OPTIONS",
+    "TrainStudentOptions",
+    "build_student",
+    "evaluate_files",
+    "load_sources",
+    "train_student",
+]

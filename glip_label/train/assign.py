@@ -1,7 +1,7 @@
-"""ATSS anchor assignment and the per-anchor training targets of GLIP (glip-spec.md §6.1).
+"""ATSS anchor assignment and the per-anchor training targets of GLIP.
 
 Mirrors the official `ATSSLossComputation.prepare_targets` / `compute_centerness_targets`
-(maskrcnn_benchmark/modeling/rpn/loss.py) for one image, so that a student trained here sees exactly
+(`maskrcnn_benchmark/modeling/rpn/loss.py`) for one image, so that a student trained here sees exactly
 the positives, token targets and regression targets the official trainer would produce. The legacy
 "+1" box convention (widths x2 - x1 + 1) is used for the IoU on purpose: the anchors and the box
 coder use it too, and a "+0" IoU changes which anchors pass the adaptive threshold on small boxes.

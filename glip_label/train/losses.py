@@ -1,8 +1,11 @@
-"""GLIP training losses (glip-spec.md §6.2): token focal loss, centerness-weighted GIoU, centerness BCE.
+"""GLIP training losses: token focal loss, centerness-weighted GIoU, centerness BCE.
 
-Follows the official `ATSSLossComputation.__call__` with DOT_PRODUCT_TOKEN_LOSS (the configuration
-of every released GLIP model). `loss_cls` is left out: officially it is 0 x (focal loss on a frozen
-conv) and only exists so DDP sees that parameter; this re-implementation has no such conv.
+Follows the official `ATSSLossComputation.__call__` (`maskrcnn_benchmark/modeling/rpn/loss.py`; the
+focal loss from `maskrcnn_benchmark/layers/sigmoid_focal_loss.py`, the loss weights applied in
+`maskrcnn_benchmark/modeling/rpn/vldyhead.py`, `VLDyHeadModule._forward_train`) with
+DOT_PRODUCT_TOKEN_LOSS (the configuration of every released GLIP model). `loss_cls` is left out:
+officially it is 0 x (focal loss on a frozen conv) and only exists so DDP sees that parameter; this
+re-implementation has no such conv.
 """
 
 from __future__ import annotations
