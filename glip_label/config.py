@@ -1,9 +1,9 @@
-"""GLIP model configuration: one dataclass, named presets, and a reader for the official yaml files.
+"""GLIP model configuration: one dataclass, the presets built from it, and a reader for the official yaml files.
 
 The official code builds its model from a yacs tree of several hundred keys; only a few dozen shape
 the network or its inference. `GLIPConfig` keeps exactly those, with the official values as
-defaults (GLIP-T, deep fusion), so that a preset is a handful of overrides and an official yaml maps
-onto it key by key (see `from_official_yaml`).
+defaults (GLIP-T, deep fusion), so that a preset is a handful of overrides (glip_label/presets.py's
+table) and an official yaml maps onto it key by key (see `from_official_yaml`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from glip_label.presets import PRESET_TABLE
 
 
 @dataclass
@@ -107,41 +109,11 @@ class GLIPConfig:
         return cls(**values)
 
 
+# The architectures of glip_label/presets.py's table, built (name -> GLIPConfig), in the table's order.
 PRESETS: dict[str, GLIPConfig] = {
-    # GLIP-T (B), (C) and the released "full" GLIP-T share one layout.
-    "glip-t": GLIPConfig(name="glip-t"),
-    # GLIP-T (A): plain DyHead, no language fusion and no head BERT layers.
-    "glip-t-a": GLIPConfig(name="glip-t-a", early_fuse=False, fused_features_dot_product=False),
-    "glip-l": GLIPConfig(
-        name="glip-l",
-        swin_embed_dim=192,
-        swin_depths=(2, 2, 18, 2),
-        swin_num_heads=(6, 12, 24, 48),
-        swin_window_size=12,
-        swin_drop_path_rate=0.4,
-        freeze_backbone_at=2,
-        num_convs=8,
-    ),
-    # Same code at toy widths: for tests, benchmarks, the offline demo and students trained from scratch.
-    "glip-tiny": GLIPConfig(
-        name="glip-tiny",
-        swin_embed_dim=32,
-        swin_depths=(1, 1, 2, 1),
-        swin_num_heads=(1, 2, 4, 8),
-        swin_window_size=7,
-        swin_drop_path_rate=0.0,
-        channels=64,
-        text_hidden_size=128,
-        text_num_layers=2,
-        text_num_heads=2,
-        text_intermediate_size=256,
-        num_convs=2,
-        fusion_embed_dim=256,
-        fusion_num_heads=4,
-        gn_groups=16,
-        min_size_test=320,
-        max_size_test=512,
-    ),
+    preset.name: GLIPConfig(name=preset.name, **preset.config_fields)
+    for preset in PRESET_TABLE
+    if preset.is_architecture
 }
 
 
@@ -333,8 +305,10 @@ def _official_defaults_tree() -> dict[str, Any]:
     return tree
 
 
-# Prompt tuning (glip-spec §6.6): the official code adds `rpn.tunable_linear` when ADD_LINEAR_LAYER is
-# set, which SOLVER.TUNING_HIGHLEVEL_OVERRIDE "language_prompt_v2" (and its v3/v4 variants) turn on.
+# Prompt tuning: the official model adds `rpn.tunable_linear` when MODEL.DYHEAD.FUSE_CONFIG.ADD_LINEAR_LAYER is
+# set (maskrcnn_benchmark/modeling/rpn/vldyhead.py, `VLDyHeadModule.__init__`), which tools/finetune.py's
+# `tuning_highlevel_override` sets for SOLVER.TUNING_HIGHLEVEL_OVERRIDE "language_prompt_v2" and "v4" (its "v3"
+# turns the layer off and the language backbone on; it is listed here all the same, as it always was).
 _PROMPT_TUNING_OVERRIDES = {"language_prompt_v2", "language_prompt_v3", "language_prompt_v4"}
 
 

@@ -1,9 +1,14 @@
 """The user-facing predictor: `load_model(...)` and `GLIPPredictor.predict(images, prompt)`.
 
-Ties the parts together in the official evaluation order: prompt -> tokens -> BERT (once per prompt,
-cached), images -> resize/normalise/pad -> backbone + head, ATSS post-processing with class-aware NMS,
-boxes back to original pixels. Vocabularies longer than the 256-token text limit are split into
-prompt chunks that each fit, run separately and merged (as the official LVIS evaluation does).
+Ties the parts together in the official evaluation order (microsoft/GLIP
+`maskrcnn_benchmark/engine/inference.py` `inference`, the model's `GeneralizedVLRCNN.forward`): prompt ->
+tokens -> BERT (once per prompt, cached), images -> resize/normalise/pad -> backbone + head, ATSS
+post-processing with class-aware NMS, boxes back to original pixels. What happens before and after the
+network is glip_label/processor.py; this module runs the network between the two, through one forward
+path (`_forward`, or `_encode_images` + `_decode` when features are reused) and one decode
+(`processor.decode`) for `predict`, `predict_grounding` and the evaluation (glip_label/train/evaluate.py,
+which calls `predict`). Vocabularies longer than the 256-token text limit are split into prompt chunks
+that each fit, run separately and merged (as the official LVIS evaluation does).
 """
 
 from __future__ import annotations
@@ -19,27 +24,31 @@ import torch
 from PIL import Image
 
 from glip_label.config import GLIPConfig, resolve_config
-from glip_label.model.anchors import grid_anchors
 from glip_label.model.glip import GLIP, VisualFeatures
 from glip_label.model.head import HeadOutputs
 from glip_label.model.language import TextFeatures
-from glip_label.model.postprocess import atss_postprocess, ml_nms, resize_boxes
-from glip_label.model.preprocess import batch_images, get_resized_size, image_to_tensor
+from glip_label.model.postprocess import ml_nms
+from glip_label.model.preprocess import get_resized_size
 from glip_label.precision import HALF_DTYPES, check_device, parse_dtype
-from glip_label.records import Detections
-from glip_label.text.prompts import (
-    Prompt,
-    build_detection_prompt,
-    chunk_phrases,
-    parse_prompt,
-    positive_map_label_to_token,
-    prompt_token_count,
-    tokenize,
+from glip_label.processor import (
+    ImageInput,
+    PromptInput,
+    batch_tokens,
+    cat_head_outputs,
+    chunk_tokens,
+    decode,
+    image_outputs,
+    images_to_batch,
+    parse_user_prompt,
+    prompt_chunks,
+    prompt_key,
+    to_detections,
+    to_pil_rgb,
 )
+from glip_label.records import Detections
+from glip_label.text.prompts import Prompt, positive_map_label_to_token, tokenize
 
 log = logging.getLogger(__name__)
-
-ImageInput = str | Path | Image.Image | np.ndarray
 
 
 @dataclass
@@ -54,20 +63,6 @@ class EncodedPrompt:
     text: TextFeatures
     label_to_token: dict[int, list[int]]
     phrase_index: list[int]
-
-
-def to_pil_rgb(image: ImageInput) -> Image.Image:
-    """Paths, PIL images and HxW(x3/x4) uint8 arrays (RGB order) to an RGB PIL image."""
-    if isinstance(image, (str, Path)):
-        with Image.open(image) as opened:
-            return opened.convert("RGB")
-    if isinstance(image, Image.Image):
-        return image if image.mode == "RGB" else image.convert("RGB")
-    if isinstance(image, np.ndarray):
-        if image.dtype != np.uint8:
-            raise ValueError(f"numpy images must be uint8 (got {image.dtype})")
-        return Image.fromarray(image).convert("RGB")
-    raise TypeError(f"unsupported image type {type(image).__name__}; give a path, a PIL image or a uint8 array")
 
 
 class GLIPPredictor:
@@ -104,44 +99,33 @@ class GLIPPredictor:
         self._text_cache: dict[tuple, list[EncodedPrompt]] = {}
 
     # ------------------------------------------------------------------ prompts
-    def encode_prompt(
-        self, prompt: str | Sequence[str] | Prompt, spans: Sequence[Sequence[tuple[int, int]]] | None = None
-    ) -> list[EncodedPrompt]:
+    def encode_prompt(self, prompt: PromptInput, spans: Sequence[Sequence[tuple[int, int]]] | None = None
+                      ) -> list[EncodedPrompt]:
         """Encode a prompt once (cached), split into chunks that fit the text limit when it is a class list."""
-        full = parse_prompt(list(prompt) if isinstance(prompt, (list, tuple)) else prompt, spans)
-        key = (full.text, tuple(tuple(map(tuple, s)) for s in full.spans))
+        full = parse_user_prompt(prompt, spans)
+        key = prompt_key(full)
         if self.cache_text and key in self._text_cache:
             return self._text_cache[key]
         limit = self.config.max_query_len
-        if prompt_token_count(full.text) <= limit:
-            chunks = [(full, list(range(len(full.phrases))))]
-        elif spans is None:
-            groups = chunk_phrases(full.phrases, max_len=limit)
-            chunks = [(build_detection_prompt([full.phrases[i] for i in g]), g) for g in groups]
-            log.info("prompt of %d phrases split into %d chunks of <= %d tokens", len(full.phrases), len(chunks), limit)
-        else:
-            raise ValueError(
-                f"caption is {prompt_token_count(full.text)} tokens long, over the {limit}-token text limit; "
-                "shorten it or split it into several captions"
-            )
         encoded = []
-        for chunk, phrase_index in chunks:
-            tokens = tokenize(chunk.text, max_len=limit, pad_to=limit if self.pad_prompt else None)
-            with torch.inference_mode(), self._autocast():
-                text = self.model.encode_text(
-                    tokens.input_ids[None].to(self.device), tokens.attention_mask[None].to(self.device)
-                )
+        for chunk, phrase_index in prompt_chunks(full, limit, is_caption=spans is not None):
+            tokens = chunk_tokens(chunk, limit, self.pad_prompt)
+            text = self._encode_text(tokens.input_ids[None], tokens.attention_mask[None])
             label_to_token = positive_map_label_to_token(chunk, tokens, max_len=limit)
             encoded.append(EncodedPrompt(chunk, text, label_to_token, phrase_index))
         if self.cache_text:
             self._text_cache[key] = encoded
         return encoded
 
+    def _encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> TextFeatures:
+        """BERT on token ids [B, T] (moved to the model's device), under the predictor's precision."""
+        with torch.inference_mode(), self._autocast():
+            return self.model.encode_text(input_ids.to(self.device), attention_mask.to(self.device))
+
     # ------------------------------------------------------------------ images
     def preprocess(self, images: Sequence[Image.Image]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-        c = self.config
-        tensors = [image_to_tensor(im, c.min_size_test, c.max_size_test, c.pixel_mean, c.pixel_std) for im in images]
-        batch, sizes = batch_images(tensors, c.size_divisibility)
+        """RGB pictures as the network's input batch on the predictor's device, and their resized (h, w)."""
+        batch, sizes = images_to_batch(images, self.config)
         if self.device.type == "cuda":  # page-locked, so that the copy is asynchronous (no host sync)
             return batch.pin_memory().to(self.device, non_blocking=True), sizes
         return batch.to(self.device), sizes
@@ -161,16 +145,23 @@ class GLIPPredictor:
         A CPU gains nothing from a larger batch (its cores are already busy on one image) and loses
         cache locality on the bigger tensors: measured at 800x1200, batch 4 ran 15% slower per image
         than batch 1. Slicing the padded batch keeps the batch's padding, so the boxes are those of the
-        batched call; prompt encoding, decoding and post-processing are still shared by the batch.
+        batched call (to the last bits of a float); prompt encoding, decoding and post-processing are
+        still shared by the batch.
         """
         if self.device.type != "cpu" or batch.shape[0] == 1:
             return [batch]
         return [batch[i : i + 1] for i in range(batch.shape[0])]
 
-    def _forward(self, batch: torch.Tensor, text: TextFeatures) -> HeadOutputs:
-        """The whole network on a padded batch for one prompt chunk (the official, per-chunk computation)."""
+    # ------------------------------------------------------------------ the forward path
+    def _forward(self, batch: torch.Tensor, text: TextFeatures, sliced: bool = True) -> HeadOutputs:
+        """The whole network on a padded batch for one prompt chunk (the official, per-chunk computation).
+
+        `sliced=False` runs the batch whole on every device: `predict_grounding` does, since its text
+        features hold one caption per image (a batch that `_image_slices` would have to slice as well).
+        """
+        slices = self._image_slices(batch) if sliced else [batch]
         with self._autocast():
-            return cat_head_outputs([self.model(images, text) for images in self._image_slices(batch)])
+            return cat_head_outputs([self.model(images, text) for images in slices])
 
     def _encode_images(self, batch: torch.Tensor) -> list[VisualFeatures]:
         """The batch's text-independent features, once for all chunks (held for one batch only)."""
@@ -193,44 +184,24 @@ class GLIPPredictor:
         for chunk in chunks:
             text = chunk.text
             if not self.cache_text:  # official behaviour: the prompt is encoded again for every image
-                tokens = tokenize(chunk.prompt.text, max_len=c.max_query_len,
-                                  pad_to=c.max_query_len if self.pad_prompt else None)
-                with self._autocast():
-                    text = self.model.encode_text(tokens.input_ids[None].to(self.device),
-                                                  tokens.attention_mask[None].to(self.device))
+                tokens = chunk_tokens(chunk.prompt, c.max_query_len, self.pad_prompt)
+                text = self._encode_text(tokens.input_ids[None], tokens.attention_mask[None])
             outputs = self._forward(batch, text) if visual is None else self._decode(visual, text)
-            anchors = grid_anchors(outputs.feature_sizes, c.anchor_strides, c.anchor_sizes, device=self.device,
-                                   dtype=torch.float32)
-            results = atss_postprocess(
-                [x.float() for x in outputs.box_regression],
-                [x.float() for x in outputs.centerness],
-                [x.float() for x in outputs.token_logits],
-                anchors,
-                image_sizes,
-                chunk.label_to_token,
-                num_classes=max(c.num_class_columns, len(chunk.prompt.phrases)),
-                pre_nms_thresh=c.pre_nms_thresh,
-                pre_nms_top_n=c.pre_nms_top_n,
-                nms_thresh=c.nms_thresh,
-                detections_per_img=c.detections_per_img,
-            )
+            results = decode(outputs, image_sizes, chunk.label_to_token, len(chunk.prompt.phrases), c)
             to_phrase = torch.tensor(chunk.phrase_index, dtype=torch.long)
             for i, result in enumerate(results):
                 labels = to_phrase[result["labels"].cpu() - 1]
                 per_image[i].append((result["boxes"].cpu(), result["scores"].cpu(), labels))
-        detections = []
-        for image, (h, w), parts in zip(images, image_sizes, per_image, strict=True):
-            boxes = torch.cat([p[0] for p in parts])
-            scores = torch.cat([p[1] for p in parts])
-            labels = torch.cat([p[2] for p in parts])
-            boxes = resize_boxes(boxes, (w, h), image.size)
-            detections.append(Detections(boxes.double().numpy(), scores.double().numpy(), labels.numpy(), phrases))
-        return detections
+        return [
+            to_detections(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                          torch.cat([p[2] for p in parts]), resized_hw, image.size, phrases)
+            for image, resized_hw, parts in zip(images, image_sizes, per_image, strict=True)
+        ]
 
     def predict(
         self,
         images: ImageInput | Sequence[ImageInput],
-        prompt: str | Sequence[str] | Prompt,
+        prompt: PromptInput,
         spans: Sequence[Sequence[tuple[int, int]]] | None = None,
         threshold: float = 0.3,
         batch_size: int = 1,
@@ -243,6 +214,9 @@ class GLIPPredictor:
         prompt: "person. bicycle." text, a list of class names, or a caption with `spans` (per phrase, a list
         of [start, end) character spans). Labels in the result are 0-based phrase indices.
         threshold: keep boxes scoring at least this (the official post-processing keeps the top 100 above 0.05).
+        The default 0.3 is a labelling default: a user who asks for labels wants boxes worth keeping (the
+        official `GLIPDemo` shows boxes above 0.5 to 0.7); the evaluation passes 0.0, which keeps all the
+        official post-processing returns, as the official evaluation scores them.
         nms_iou: an extra NMS across chunks and classes-per-class (class-aware unless agnostic_nms).
         batch_size: images per forward pass; results then depend slightly on the batch's padding, as in the
         official code (batch 1 reproduces the official evaluation exactly).
@@ -265,47 +239,27 @@ class GLIPPredictor:
         """One prompt per image (captions with their phrase spans), all images in one forward pass.
 
         The prompts are padded to the longest and masked, which leaves each image's text features as if it
-        were alone; images are padded to the batch's largest as in `predict`.
+        were alone; images are padded to the batch's largest as in `predict`. The default threshold is 0.0,
+        unlike `predict`'s 0.3, because the callers rank or filter the boxes themselves: pseudo-captioning
+        keeps boxes above its own floor and margin, and phrase-grounding Recall@k ranks every box of a
+        phrase (the official Flickr30K evaluation keeps all the post-processing returns).
         """
         if len(images) != len(prompts):
             raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
         if not images:
             return []
-        c = self.config
+        limit = self.config.max_query_len
         pil = [to_pil_rgb(x) for x in images]
         batch, image_sizes = self.preprocess(pil)
-        tokens = [tokenize(p.text, max_len=c.max_query_len) for p in prompts]
-        length = max(t.num_tokens for t in tokens)
-        input_ids = torch.zeros(len(tokens), length, dtype=torch.long)
-        attention = torch.zeros(len(tokens), length, dtype=torch.long)
-        for i, t in enumerate(tokens):
-            input_ids[i, : t.num_tokens] = t.input_ids[: t.num_tokens]
-            attention[i, : t.num_tokens] = 1
-        with self._autocast():
-            text = self.model.encode_text(input_ids.to(self.device), attention.to(self.device))
-            outputs = self.model(batch, text)
-        anchors = grid_anchors(outputs.feature_sizes, c.anchor_strides, c.anchor_sizes, device=self.device,
-                               dtype=torch.float32)
+        tokens = [tokenize(p.text, max_len=limit) for p in prompts]
+        outputs = self._forward(batch, self._encode_text(*batch_tokens(tokens)), sliced=False)
         results = []
         for i, (image, prompt, tok) in enumerate(zip(pil, prompts, tokens, strict=True)):
-            label_to_token = positive_map_label_to_token(prompt, tok, max_len=c.max_query_len)
-            found = atss_postprocess(
-                [x[i : i + 1].float() for x in outputs.box_regression],
-                [x[i : i + 1].float() for x in outputs.centerness],
-                [x[i : i + 1].float() for x in outputs.token_logits],
-                anchors,
-                [image_sizes[i]],
-                label_to_token,
-                num_classes=max(c.num_class_columns, len(prompt.phrases)),
-                pre_nms_thresh=c.pre_nms_thresh,
-                pre_nms_top_n=c.pre_nms_top_n,
-                nms_thresh=c.nms_thresh,
-                detections_per_img=c.detections_per_img,
-            )[0]
-            h, w = image_sizes[i]
-            boxes = resize_boxes(found["boxes"].cpu(), (w, h), image.size)
-            det = Detections(boxes.double().numpy(), found["scores"].cpu().double().numpy(),
-                             (found["labels"].cpu() - 1).numpy(), list(prompt.phrases))
+            label_to_token = positive_map_label_to_token(prompt, tok, max_len=limit)
+            found = decode(image_outputs(outputs, i), [image_sizes[i]], label_to_token, len(prompt.phrases),
+                           self.config)[0]
+            det = to_detections(found["boxes"].cpu(), found["scores"].cpu(), found["labels"].cpu() - 1,
+                                image_sizes[i], image.size, list(prompt.phrases))
             results.append(filter_detections(det, threshold))
         return results
 
@@ -318,17 +272,6 @@ class GLIPPredictor:
 
         cast = None if dtype is None else parse_dtype(dtype)
         save_checkpoint(self.model, Path(path), config_dict=self.config.to_dict(), dtype=cast)
-
-
-def cat_head_outputs(parts: Sequence[HeadOutputs]) -> HeadOutputs:
-    """Head outputs of consecutive image slices joined along the batch axis (a single part is returned as is)."""
-    if len(parts) == 1:
-        return parts[0]
-    return HeadOutputs(
-        box_regression=[torch.cat(levels) for levels in zip(*(p.box_regression for p in parts), strict=True)],
-        centerness=[torch.cat(levels) for levels in zip(*(p.centerness for p in parts), strict=True)],
-        token_logits=[torch.cat(levels) for levels in zip(*(p.token_logits for p in parts), strict=True)],
-    )
 
 
 def filter_detections(

@@ -1,18 +1,23 @@
 """Evaluating a (student) GLIP: COCO box AP on a gold detection file, phrase-grounding Recall@k.
 
-Detection follows the official zero-shot/fine-tuned COCO evaluation (glip-spec §5): every gold image
-is prompted with all gold category names (cleaned, joined by ". ", chunked when longer than the text
-limit), the official post-processing keeps up to 100 boxes per image, and pycocotools scores the
-results. Boxes are exported like the official code, w = x2 - x1 + 1.
+Detection follows the official zero-shot/fine-tuned COCO evaluation (microsoft/GLIP
+maskrcnn_benchmark/engine/inference.py, `inference` with TEST.EVAL_TASK "detection" and
+`create_queries_and_maps_from_dataset`): every gold image is prompted with all gold category names
+(cleaned, joined by ". ", chunked when longer than the text limit), the official post-processing keeps up
+to 100 boxes per image, and pycocotools scores the results. Boxes are exported like the official code
+(maskrcnn_benchmark/data/datasets/evaluation/coco/coco_eval.py, `prepare_for_coco_detection`), w = x2 - x1 + 1.
 
-Grounding follows the Flickr30K Entities protocol of MDETR/GLIP (glip-spec §5.6): each image-caption
+Grounding follows the Flickr30K Entities protocol of MDETR/GLIP (maskrcnn_benchmark/data/datasets/evaluation/
+flickr/flickr_eval.py, `FlickrEvaluator`, after MDETR's flickr_eval.py): each image-caption
 pair is prompted with its caption and the spans of its gold phrases; per phrase the predicted boxes
 are ranked by score, and Recall@k is the share of phrases for which any of the top-k boxes has
 IoU >= 0.5 with any gold box of that phrase ("any-box" protocol). IoU uses the same "+1" areas as the
 rest of the box code. Phrases of captions that cannot be scored (unreadable image, caption over the
 text limit) count as misses and are reported, so a recall is never inflated by skipping.
 
-Both functions only call `predictor.predict(...)`, so any object with that method can be evaluated.
+Both functions only call `predictor.predict(...)` (for a GLIPPredictor, the one forward and decode path that
+labelling runs too: glip_label/predictor.py, glip_label/processor.py), so any object with that method can be
+evaluated.
 """
 
 from __future__ import annotations
@@ -112,7 +117,8 @@ def evaluate_detection(
     else its folder; `glip_label.data.image_refs.image_resolver`).
     threshold: minimum score of a kept box (0 keeps everything the post-processing returns, as the
     official evaluation does). batch_size > 1 pads images together, which changes outputs slightly
-    (glip-spec §9.13); 1 reproduces the official numbers.
+    (the fusion has no padding mask for pictures); 1 reproduces the official numbers, which were produced
+    with one image per GPU.
     Returns the 12 COCOeval stats by name (ap, ap50, ...), num_results, num_images and the images that
     could not be read (they count as images without predictions, and are logged). Raises
     `NothingEvaluatedError` when no image could be read.
