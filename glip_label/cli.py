@@ -175,8 +175,9 @@ def annotate(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Label an image folder with GLIP: COCO JSON, ODVG JSONL, YOLO, Label Studio, pictures of the boxes."""
-    from glip_label.runs.annotate import AnnotateOptions, NoImageReadError
     from glip_label.runs.annotate import annotate as run_annotate
+    from glip_label.runs.annotate_options import AnnotateOptions
+    from glip_label.runs.annotate_outputs import NoImageReadError
     from glip_label.runs.journal import JournalError
 
     _setup_logging(verbose)
@@ -284,8 +285,8 @@ def merge(
     format: Annotated[str, typer.Option("--format", "-f", help="Formats to write, as in annotate.")] = "coco,odvg",
 ) -> None:
     """Join the outputs of sharded 'annotate' runs into one dataset."""
-    from glip_label.runs.annotate import AnnotateOptions
     from glip_label.runs.annotate import merge as run_merge
+    from glip_label.runs.annotate_options import AnnotateOptions
     from glip_label.runs.journal import JournalError, read_run_key
 
     try:

@@ -38,7 +38,8 @@ from glip_label.data.image_refs import image_resolver
 from glip_label.data.images import ImageError
 from glip_label.formats.odvg import read_odvg
 from glip_label.io import atomic_write_text, current_umask
-from glip_label.runs.annotate import AnnotateOptions, annotate
+from glip_label.runs.annotate import annotate
+from glip_label.runs.annotate_options import AnnotateOptions
 from glip_label.runs.pseudo_caption import PseudoCaptionOptions, pseudo_caption
 from glip_label.train.evaluate import NothingEvaluatedError, evaluate_detection, evaluate_grounding
 
