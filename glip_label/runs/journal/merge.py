@@ -1,4 +1,7 @@
-"""Joining the folders of a sharded run (`--shard i/N`) into one run folder, all or nothing."""
+"""Joining the folders of a sharded run (`--shard i/N`) into one run folder, all or nothing.
+
+The folders are read through `glip_label.runs.journal.folder` (their layout, lock and run key).
+"""
 
 from __future__ import annotations
 
@@ -10,22 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from glip_label.io import atomic_write_bytes, atomic_write_json
-from glip_label.runs.journal.folder import (
-    LOCK_FILE,
-    PARTS_DIR,
-    RUN_KEY_FILE,
-    DuplicateIdError,
-    ExistingResultsError,
-    FolderLock,
-    JournalError,
-    RunKeyMismatchError,
-    describe_diff,
-    diff_keys,
-    id_of_line,
-    iter_part_lines,
-    list_parts,
-    read_run_key,
-)
+from glip_label.runs.journal import folder
+from glip_label.runs.journal.folder import DuplicateIdError, ExistingResultsError, JournalError, RunKeyMismatchError
 
 logger = logging.getLogger(__name__)
 
@@ -57,26 +46,27 @@ def merge_run_dirs(
         seen[real] = src
 
     dst.mkdir(parents=True, exist_ok=True)
-    locks = [FolderLock(dst / ".merge.lock", dst, "merging")]
+    locks = [folder.FolderLock(dst / ".merge.lock", dst, "merging")]
     try:
-        if (dst / PARTS_DIR).is_dir():
-            locks.append(FolderLock(dst / PARTS_DIR / LOCK_FILE, dst, "writing results"))
-        if list_parts(dst / PARTS_DIR):
+        if (dst / folder.PARTS_DIR).is_dir():
+            locks.append(folder.FolderLock(dst / folder.PARTS_DIR / folder.LOCK_FILE, dst, "writing results"))
+        if folder.list_parts(dst / folder.PARTS_DIR):
             raise ExistingResultsError(f"merge destination {dst} already has results; choose another folder")
 
         keys: list[dict[str, Any]] = []
         for src in sources:
-            key = read_run_key(src)
+            key = folder.read_run_key(src)
             if key is None:
-                raise JournalError(f"{src} is not a glip-label run folder (no {PARTS_DIR}/{RUN_KEY_FILE})")
+                raise JournalError(f"{src} is not a glip-label run folder "
+                                   f"(no {folder.PARTS_DIR}/{folder.RUN_KEY_FILE})")
             keys.append(key)
-            locks.append(FolderLock(src / PARTS_DIR / LOCK_FILE, src, "still writing results"))
+            locks.append(folder.FolderLock(src / folder.PARTS_DIR / folder.LOCK_FILE, src, "still writing results"))
         for src, key in zip(sources[1:], keys[1:], strict=True):
-            differing = diff_keys(keys[0], key, ignore)
+            differing = folder.diff_keys(keys[0], key, ignore)
             if differing:
                 raise RunKeyMismatchError(
                     f"cannot merge {src} with {sources[0]}: options differ: "
-                    f"{describe_diff(keys[0], key, differing)}",
+                    f"{folder.describe_diff(keys[0], key, differing)}",
                     differing,
                 )
 
@@ -84,9 +74,9 @@ def merge_run_dirs(
         duplicates: list[str] = []
         examples: list[str] = []
         for src in sources:
-            for part in list_parts(src / PARTS_DIR):
-                for _, line in iter_part_lines(part):
-                    item_id = id_of_line(line, str(part))
+            for part in folder.list_parts(src / folder.PARTS_DIR):
+                for _, line in folder.iter_part_lines(part):
+                    item_id = folder.id_of_line(line, str(part))
                     first = owner.setdefault(item_id, src)
                     if first is not src:
                         duplicates.append(item_id)
@@ -104,13 +94,13 @@ def merge_run_dirs(
             shutil.rmtree(staging)
         staging.mkdir()
         merged_key = {k: v for k, v in keys[0].items() if k not in ignore}
-        atomic_write_json(staging / RUN_KEY_FILE, merged_key)
+        atomic_write_json(staging / folder.RUN_KEY_FILE, merged_key)
         next_part = 0
         for src in sources:
-            for part in list_parts(src / PARTS_DIR):
+            for part in folder.list_parts(src / folder.PARTS_DIR):
                 atomic_write_bytes(staging / f"part-{next_part:06d}.jsonl", part.read_bytes())
                 next_part += 1
-        final = dst / PARTS_DIR
+        final = dst / folder.PARTS_DIR
         if final.exists():  # holds no parts (checked above): only a lock or a run key
             shutil.rmtree(final)
         os.rename(staging, final)
