@@ -18,7 +18,8 @@ from glip_label.cli.option_map import (
     parse_tta_scales,
     path_text,
 )
-from glip_label.cli.params import LABELING_PARAMS, ConfigOpt, ModelOpt, VerboseOpt, with_params
+from glip_label.cli.params import LABELING_PARAMS, ConfigOpt, ModelOpt, with_params
+from glip_label.runs.journal import JournalError
 
 # annotate's CLI parameters -> AnnotateOptions fields; a parameter not named here sets the field of its name.
 ANNOTATE_OPTIONS = OptionMap(
@@ -85,17 +86,13 @@ def annotate(
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json written by 'glip-label calibrate': a score "
                                                     "threshold per class. [dim]e.g. runs/cal/thresholds.json[/]")
                           ] = None,
-    verbose: VerboseOpt = False,
     **shared: Any,  # the parameter groups of @with_params
 ) -> None:
     """Label an image folder with GLIP: COCO JSON, ODVG JSONL, YOLO, Label Studio, pictures of the boxes."""
-    params = command_params(locals())  # first: every parameter, as Typer converted it
-
+    options = labeling_options(ANNOTATE_OPTIONS, command_params(locals()))  # before any other name
     from glip_label.runs.annotate import annotate as run_annotate
     from glip_label.runs.annotate_outputs import NoImageReadError
-    from glip_label.runs.journal import JournalError
 
-    options = labeling_options(ANNOTATE_OPTIONS, params)
     try:
         summary = run_annotate(options)
     except NoImageReadError as exc:

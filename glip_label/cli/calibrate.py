@@ -53,7 +53,7 @@ def calibrate(
     Classes the gold set does not box get the single global threshold of best micro F1. Use the same --tta
     setting here as when labeling: scores shift under augmentation.
     """
-    params = command_params(locals())  # first: every parameter, as Typer converted it
+    params = command_params(locals())  # before any other name is bound
 
     from glip_label.runs.calibrate import calibrate as run_calibrate
     from glip_label.tta import TTAOptions

@@ -1,7 +1,7 @@
 """CLI parameters that several commands take alike, declared once: their types and help, and whole groups.
 
 An option type (`ModelOpt`, `VerboseOpt`...) is written once here and used in each command's signature.
-A group (`DEVICE_PARAMS`, `ENGINE_PARAMS`, `TTA_PARAMS`, `REPORT_PARAMS`, and `LABELING_PARAMS`, all four)
+A group (`DEVICE_PARAMS`, `ENGINE_PARAMS`, `TTA_PARAMS`, `REPORT_PARAMS`; `LABELING_PARAMS`, these and --verbose)
 is a run of parameters several commands take with the same defaults; `with_params` adds it to a command,
 whose `**shared` parameter receives the values (Typer reads the command's signature, so the options
 appear in its --help and are parsed like its own).
@@ -71,7 +71,9 @@ ENGINE_PARAMS = param_group(
 )
 TTA_PARAMS = param_group(tta=(TTAOpt, False), tta_merge=(TTAMergeOpt, "nms"), tta_scales=(TTAScalesOpt, "0.8,1,1.2"))
 REPORT_PARAMS = param_group(report=(ReportOpt, False))
-LABELING_PARAMS = (*DEVICE_PARAMS, *ENGINE_PARAMS, *TTA_PARAMS, *REPORT_PARAMS)  # annotate and pseudo-caption
+VERBOSE_PARAMS = param_group(verbose=(VerboseOpt, False))
+# annotate and pseudo-caption: all of the above, --verbose last
+LABELING_PARAMS = (*DEVICE_PARAMS, *ENGINE_PARAMS, *TTA_PARAMS, *REPORT_PARAMS, *VERBOSE_PARAMS)
 
 
 def with_params(*groups: tuple[inspect.Parameter, ...]) -> Callable[[Command], Command]:

@@ -10,7 +10,8 @@ from rich.console import Console
 
 from glip_label.cli.app import app, config_arg, fail
 from glip_label.cli.option_map import OptionMap, command_params, labeling_options, parse_tta_scales, path_text
-from glip_label.cli.params import LABELING_PARAMS, ConfigOpt, ModelOpt, VerboseOpt, with_params
+from glip_label.cli.params import LABELING_PARAMS, ConfigOpt, ModelOpt, with_params
+from glip_label.runs.journal import JournalError
 
 # pseudo-caption's CLI parameters -> PseudoCaptionOptions fields; a parameter not named here sets the field of its
 # name.
@@ -70,16 +71,12 @@ def pseudo_caption(
     thresholds: Annotated[Path | None, typer.Option(help="thresholds.json from 'glip-label calibrate': phrases that "
                                                     "are one of its class names keep only boxes scoring at least "
                                                     "that class's threshold (others keep --box-floor).")] = None,
-    verbose: VerboseOpt = False,
     **shared: Any,  # the parameter groups of @with_params
 ) -> None:
     """Ground the noun phrases of an image-caption corpus with GLIP (the paper's self-training data)."""
-    params = command_params(locals())  # first: every parameter, as Typer converted it
-
-    from glip_label.runs.journal import JournalError
+    options = labeling_options(PSEUDO_CAPTION_OPTIONS, command_params(locals()))  # before any other name
     from glip_label.runs.pseudo_caption import pseudo_caption as run
 
-    options = labeling_options(PSEUDO_CAPTION_OPTIONS, params)
     try:
         summary = run(options)
     except (ValueError, FileNotFoundError, JournalError, ImportError) as exc:

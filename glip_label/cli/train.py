@@ -16,6 +16,7 @@ from glip_label.cli.params import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, Verb
 
 
 def parse_scales(text: str | None) -> tuple[int, ...] | None:
+    """--scales "480,560,640" as the options take it; a bad list is the one-line error exit."""
     if not text:
         return None
     try:
@@ -112,7 +113,7 @@ def train_student(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train a student GLIP on gold plus pseudo data with the paper's losses, then evaluate it."""
-    params = command_params(locals())  # first: every parameter, as Typer converted it
+    params = command_params(locals())  # before any other name is bound
 
     from glip_label.runs.train_student import train_student as run
     from glip_label.train.evaluate import print_metrics_table

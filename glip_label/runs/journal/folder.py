@@ -59,6 +59,7 @@ class IncompleteRunError(JournalError):
         super().__init__(message)
         self.missing_ids = missing_ids
 
+
 # -------------------------------------------------------------------------------------- helpers
 
 
@@ -69,6 +70,7 @@ def normalise_key(run_key: dict[str, Any]) -> dict[str, Any]:
 
 
 def diff_keys(saved: dict[str, Any], now: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """The run-key entries (outside `ignore`) whose values differ, a missing entry differing from any value."""
     skip = set(ignore)
     keys = (set(saved) | set(now)) - skip
     return sorted(k for k in keys if saved.get(k, _MISSING) != now.get(k, _MISSING))
@@ -83,6 +85,7 @@ _MISSING = _Missing()
 
 
 def describe_diff(saved: dict[str, Any], now: dict[str, Any], keys: list[str]) -> str:
+    """The differing entries as "key: saved X, now Y; ..." for an error message (long values cut)."""
     def show(value: Any) -> str:
         text = repr(value) if value is _MISSING else json.dumps(value, ensure_ascii=False)
         return text if len(text) <= 60 else text[:57] + "..."
@@ -105,6 +108,7 @@ def list_parts(parts_dir: Path) -> list[Path]:
 
 
 def part_index(path: Path) -> int:
+    """The number of a part file (part-000012.jsonl -> 12)."""
     match = _PART_RE.match(path.name)
     assert match is not None
     return int(match.group(1))
