@@ -20,7 +20,8 @@ from pathlib import Path
 
 CHILD = """
 import resource, sys, time
-from glip_label.runs.annotate import AnnotateOptions, annotate
+from glip_label.runs.annotate import annotate
+from glip_label.runs.annotate_options import AnnotateOptions
 t0 = time.perf_counter()
 options = AnnotateOptions(source=sys.argv[1], out=sys.argv[2], prompt="thing. other. stuff.", model=sys.argv[3],
                           threshold=0.2, formats=("coco", "odvg", "yolo", "labelstudio"))

@@ -90,8 +90,8 @@ class _TTAPredictor:
 def measure(out: Path, world, teacher: Path, merges: list[str]) -> dict:
     """Calibrated vs global thresholds (micro P/R/F1 at IoU 0.5 on the held-out pictures) and AP +- TTA."""
     from glip_label.predictor import load_model
-    from glip_label.runs.annotate import Ontology
     from glip_label.runs.calibrate import calibrate_thresholds, collect_matches, micro_prf
+    from glip_label.runs.ontology import Ontology
     from glip_label.train.evaluate import evaluate_detection
     from glip_label.tta import TTAOptions
 

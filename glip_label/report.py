@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from glip_label.io import atomic_write_text
+from glip_label.runs.journal import read_results_in_order
 
 HIST_BINS = 10
 GALLERY = 6
@@ -164,12 +165,10 @@ def _read_errors(path: Path) -> list[dict]:
 
 def write_annotate_report(out: Path, names: Sequence[str], ontology, root: Path) -> Path:
     """OUT/report.html of an annotate run, from its journal (the records its output files were written from)."""
-    from glip_label.runs.annotate import iter_records
-
     categories = ontology.categories
 
     def boxes() -> Iterable[BoxItem]:
-        for result in iter_records(out, names):
+        for result in read_results_in_order(out, names):
             if result["ok"]:
                 rec = result["record"]
                 for box, score, label in zip(rec["boxes"], rec["scores"], rec["labels"], strict=True):

@@ -19,7 +19,10 @@ from typer.testing import CliRunner
 from glip_label.cli import app
 from glip_label.formats.odvg import read_odvg, validate_odvg_record
 from glip_label.formats.yolo import read_yolo_labels
-from glip_label.runs.annotate import AnnotateOptions, Ontology, annotate, load_ontology, postprocess_for_ontology
+from glip_label.runs.annotate import annotate
+from glip_label.runs.annotate_labeler import postprocess_for_ontology
+from glip_label.runs.annotate_options import AnnotateOptions
+from glip_label.runs.ontology import Ontology, load_ontology
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -156,7 +159,8 @@ def test_shards_partition_and_merge(tiny_checkpoint, good_folder, tmp_path):
 KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
-from glip_label.runs.annotate import AnnotateOptions, annotate
+from glip_label.runs.annotate import annotate
+from glip_label.runs.annotate_options import AnnotateOptions
 src, out, ckpt, slow = sys.argv[1], Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 annotate(AnnotateOptions(source=src, out=out, prompt="thing. other.", model=ckpt, threshold=0.1, flush_every=2,
                          batch_size=2, formats=("coco", "odvg", "yolo", "labelstudio"), resume=True),

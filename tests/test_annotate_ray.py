@@ -17,7 +17,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from glip_label.cli import app
-from glip_label.runs.annotate import AnnotateOptions, annotate
+from glip_label.runs.annotate import annotate
+from glip_label.runs.annotate_options import AnnotateOptions
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -31,7 +32,8 @@ FILES = ("annotations.coco.json", "annotations.odvg.jsonl", "label_map.json", "l
 KILL_SCRIPT = """
 import sys, time
 from pathlib import Path
-from glip_label.runs.annotate import AnnotateOptions, annotate
+from glip_label.runs.annotate import annotate
+from glip_label.runs.annotate_options import AnnotateOptions
 src, out, ckpt, slow = sys.argv[1], Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 annotate(AnnotateOptions(source=src, out=out, prompt="thing. other.", model=ckpt, threshold=0.1, flush_every=2,
                          batch_size=2, formats=("coco", "odvg", "yolo", "labelstudio"), resume=True,

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from glip_label.data.image_discovery import discover_images
-from glip_label.runs.annotate import load_ontology
+from glip_label.runs.ontology import load_ontology
 from glip_label.text.prompts import build_detection_prompt, clean_name
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,19 +7,18 @@ import json
 import numpy as np
 import pytest
 
-from glip_label.runs.annotate import AnnotateOptions, Ontology, load_ontology, postprocess_for_ontology
+from glip_label.runs.annotate_labeler import postprocess_for_ontology
+from glip_label.runs.annotate_options import AnnotateOptions
 from glip_label.runs.calibrate import (
     ClassMatches,
-    apply_thresholds,
     calibrate_thresholds,
     choose_threshold,
     match_detections,
     micro_prf,
-    ontology_yaml,
     pr_curve,
     prf_at,
-    read_thresholds,
 )
+from glip_label.runs.ontology import Ontology, apply_thresholds, load_ontology, ontology_yaml, read_thresholds
 
 
 def test_pr_curve_known_values():

@@ -39,7 +39,8 @@ from glip_label.data.samples import load_sample_image
 from glip_label.data.sources import load_source
 from glip_label.formats.odvg import read_odvg
 from glip_label.io import atomic_write_text, current_umask
-from glip_label.runs.annotate import AnnotateOptions, annotate
+from glip_label.runs.annotate import annotate
+from glip_label.runs.annotate_options import AnnotateOptions
 from glip_label.runs.pseudo_caption import PseudoCaptionOptions, pseudo_caption
 from glip_label.train.evaluate import NothingEvaluatedError, evaluate_detection, evaluate_grounding
 

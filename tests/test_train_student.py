@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from glip_label.cli import app
 from glip_label.config import get_preset
 from glip_label.predictor import load_model
-from glip_label.runs.annotate import AnnotateOptions, annotate
+from glip_label.runs.annotate import annotate
+from glip_label.runs.annotate_options import AnnotateOptions
 from glip_label.runs.pseudo_caption import PseudoCaptionOptions, pseudo_caption
 from glip_label.runs.train_student import TrainStudentOptions, train_student
 from glip_label.weights import read_checkpoint

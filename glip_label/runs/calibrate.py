@@ -7,7 +7,8 @@ per class the threshold is the one that maximises F1, or the lowest one that rea
 `target_precision`. Classes the gold set does not box (no gold box on these images) get the fallback:
 the single global threshold that maximises micro F1 over all classes the gold set does box.
 
-Outputs (OUT/): thresholds.json (read by `annotate --thresholds` / `pseudo-caption --thresholds`),
+Outputs (OUT/): thresholds.json (read by `annotate --thresholds` / `pseudo-caption --thresholds` through
+`glip_label.runs.ontology.read_thresholds`),
 ontology.calibrated.yaml (the ontology with the thresholds merged in, for `annotate --ontology`),
 pr_curves/CLASS.png, and metrics: per class precision / recall / F1 at its chosen threshold and at the
 global one.
@@ -15,8 +16,6 @@ global one.
 
 from __future__ import annotations
 
-import json
-import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,10 +26,10 @@ import numpy as np
 import torch
 
 from glip_label.io import atomic_write_json, atomic_write_text
-from glip_label.runs.annotate import AnnotateOptions, Ontology, load_ontology, postprocess_for_ontology
+from glip_label.runs.annotate_labeler import postprocess_for_ontology
+from glip_label.runs.annotate_options import AnnotateOptions
+from glip_label.runs.ontology import Ontology, apply_thresholds, load_ontology, ontology_yaml
 from glip_label.train.assign import box_iou_plus_one
-
-log = logging.getLogger(__name__)
 
 MATCH_IOU = 0.5
 THRESHOLDS_VERSION = 1
@@ -202,51 +201,6 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
     }
 
 
-# ------------------------------------------------------------------------------------------- thresholds.json
-
-
-def read_thresholds(path: str | Path) -> dict[str, float]:
-    """The {class: threshold} mapping of a thresholds.json (calibrate's, or a hand-written {"thresholds": {...}})."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"thresholds file {path} does not exist")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    mapping = data.get("thresholds") if isinstance(data, dict) else None
-    if not isinstance(mapping, dict) or not mapping:
-        raise ValueError(f"{path}: expected {{\"thresholds\": {{class: score, ...}}}}")
-    out = {}
-    for name, value in mapping.items():
-        if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{path}: threshold of {name!r} must be a number in [0, 1], got {value!r}")
-        out[str(name)] = float(value)
-    return out
-
-
-def apply_thresholds(ontology: Ontology, thresholds: dict[str, float], where: str = "thresholds") -> Ontology:
-    """The ontology with these per-category thresholds (they override the ontology's own); names the
-    ontology does not have are reported and ignored, and none matching at all is an error."""
-    unknown = sorted(set(thresholds) - set(ontology.categories))
-    if len(unknown) == len(thresholds):
-        raise ValueError(f"{where}: none of its classes {sorted(thresholds)[:5]} is a class being labeled "
-                         f"({ontology.categories[:5]}...)")
-    if unknown:
-        log.warning("%s: ignoring thresholds of classes not being labeled: %s", where, unknown)
-    merged = {**ontology.thresholds, **{k: v for k, v in thresholds.items() if k in ontology.categories}}
-    return Ontology(ontology.categories, ontology.phrases, ontology.phrase_category, merged)
-
-
-def ontology_yaml(ontology: Ontology) -> str:
-    """An ontology file (`annotate --ontology`) with each class's prompts and threshold."""
-    import yaml
-
-    classes: dict[str, Any] = {}
-    for index, name in enumerate(ontology.categories):
-        prompts = [p for p, c in zip(ontology.phrases, ontology.phrase_category, strict=True) if c == index]
-        classes[name] = {"prompts": prompts, **({"threshold": round(ontology.thresholds[name], 6)}
-                                                if name in ontology.thresholds else {})}
-    return yaml.safe_dump({"classes": classes}, sort_keys=False, allow_unicode=True)
-
-
 # ------------------------------------------------------------------------------------------- running the model
 
 
@@ -407,6 +361,5 @@ def plot_pr_curve(path: Path, title: str, curve: PRCurve, chosen: tuple[float, f
     image.save(path)
 
 
-__all__ = ["CalibrateOptions", "ClassMatches", "PRCurve", "apply_thresholds", "calibrate", "calibrate_thresholds",
-           "choose_threshold", "collect_matches", "match_detections", "micro_prf", "ontology_yaml", "plot_pr_curve",
-           "pr_curve", "prf_at", "read_thresholds"]
+__all__ = ["CalibrateOptions", "ClassMatches", "PRCurve", "calibrate", "calibrate_thresholds", "choose_threshold",
+           "collect_matches", "match_detections", "micro_prf", "plot_pr_curve", "pr_curve", "prf_at"]

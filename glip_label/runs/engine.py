@@ -1,58 +1,20 @@
-"""The run engine shared by `annotate` and `pseudo-caption`: a labeler interface and the local loop.
+"""The run engine shared by `annotate` and `pseudo-caption`: labelers' batches in, ordered results out.
 
-A tool describes its work as a :class:`Labeler`: a picklable object that `load`s its model in the process
-that labels, then turns one fixed batch of (key, item) entries into one :class:`ItemResult` per entry.
-Engines only move batches and results: the local engine calls the labeler in this process, the Ray engine
-(`glip_label.runs.ray_engine`) in long-lived actors; both yield results in batch order, and the tool writes
-them to its run journal. Same batches, same labeler, same thread count: the records are identical.
+A tool describes its work as a `glip_label.runs.labeler.Labeler`. Engines only move batches and results:
+the local engine calls the labeler in this process, the Ray engine (`glip_label.runs.ray_engine`) in
+long-lived actors; both yield results in batch order, and :func:`label_into_journal` writes them to the
+tool's run journal. Same batches, same labeler, same thread count: the records are identical.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
-
-@dataclass
-class ItemResult:
-    """What labeling one entry gave: a record to write, or an error saying why not (never both)."""
-
-    key: str
-    record: dict[str, Any] | None = None
-    error: dict[str, Any] | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-
-class Labeler(Protocol):
-    """Labels fixed batches; built on the driver, pickled to workers, `load`ed once in each."""
-
-    def load(self) -> None:
-        """Load the model (and anything heavy) in the calling process; idempotent."""
-
-    def label_batch(self, batch: Sequence[Any]) -> list[ItemResult]:
-        """One result per entry of `batch`, in order."""
-
-
-@dataclass
-class RayOptions:
-    """Where and how wide the Ray engine runs (the `--ray-*` options of annotate and pseudo-caption)."""
-
-    address: str | None = None
-    actors: int = 1
-    cpus_per_actor: float = 1.0
-    gpus_per_actor: float = 0.0
-
-
-def set_threads(threads: int | None) -> None:
-    """Same thread count, same float summation order: engines must agree bit for bit."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+from glip_label.runs.journal import RunJournal
+from glip_label.runs.labeler import ItemResult, Labeler
+from glip_label.runs.ray_engine import RayOptions, run_ray
+from glip_label.runs.run_options import RunOptions
 
 
 def run_local(labeler: Labeler, batches: Iterable[Sequence[Any]]) -> Iterator[list[ItemResult]]:
@@ -66,36 +28,25 @@ def run_batches(labeler: Labeler, batches: Iterable[Sequence[Any]], engine: str,
                 ray: RayOptions | None = None) -> Iterator[list[ItemResult]]:
     """Results of every batch, in order, from the chosen engine ("local" or "ray")."""
     if engine == "ray":
-        from glip_label.runs.ray_engine import run_ray
-
         return run_ray(labeler, batches, ray or RayOptions())
     if engine != "local":
         raise ValueError(f"--engine must be local or ray, got {engine!r}")
     return run_local(labeler, batches)
 
 
-class PredictorLabeler:
-    """Base of labelers whose options name a predictor (model, config, random_init, seed, device, dtype,
-    torch_threads): `load` builds it in the calling process; pickling leaves it out (workers load their own)."""
+def label_into_journal(labeler: Labeler, batches: Iterable[Sequence[Any]], options: RunOptions, journal: RunJournal,
+                       done: set[str], bar, on_batch: Callable[[int], None] | None = None) -> None:
+    """Label every batch on the engine `options` name and record each result not in `done` in the journal.
 
-    def __init__(self, options: Any, predictor=None) -> None:
-        self.options = options
-        self.predictor = predictor
-
-    def load(self) -> None:
-        set_threads(self.options.torch_threads)
-        if self.predictor is None:
-            o = self.options
-            self.predictor = load_predictor(o.model, o.config, o.random_init, o.seed, o.device, o.dtype)
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "predictor": None}
-
-
-def load_predictor(model: str | None, config: str | None, random_init: bool, seed: int, device: str, dtype: str):
-    """The predictor a run's options name: a checkpoint or preset, or a seeded random model (glip-tiny default)."""
-    from glip_label.predictor import load_model
-
-    if random_init:
-        return load_model(None, config=config or "glip-tiny", device=device, dtype=dtype, seed=seed)
-    return load_model(model, config=config, device=device, dtype=dtype)
+    bar: a tqdm bar advanced per batch (closed at the end); on_batch: called with each batch's size.
+    """
+    ray = RayOptions(options.ray_address, options.ray_actors, options.ray_cpus_per_actor, options.ray_gpus_per_actor)
+    for results in run_batches(labeler, batches, options.engine, ray):
+        for result in results:
+            if result.key not in done:
+                journal.add(result.key, record=result.record, error=result.error)
+        bar.update(len(results))
+        if on_batch is not None:
+            on_batch(len(results))
+    bar.close()
+    journal.flush()

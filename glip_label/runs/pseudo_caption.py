@@ -1,9 +1,14 @@
-"""`glip-label pseudo-caption`: the teacher grounds the noun phrases of image-caption pairs (glip-spec §7).
+"""`glip-label pseudo-caption`: the teacher grounds the noun phrases of image-caption pairs.
+
+This is the data side of the GLIP paper's self-training (Li et al., CVPR 2022, section 3.3): a teacher
+grounds the noun phrases of web captions, and the student trains on these boxes. The official code
+never released its caption pipeline; its free-text phrase finder is `find_noun_phrases` in
+`maskrcnn_benchmark/engine/predictor_glip.py` (`glip_label.text.phrases` says what stands in for it).
 
 The caption source is streamed (never loaded whole) and cut into fixed batches by stream position, so
 the same input always gives the same batches: a resumed run, a sharded run and the Ray engine all give
 records identical to one uninterrupted local run. One labeler, `PseudoCaptionLabeler` (the run engine's
-interface, `glip_label.runs.engine`), does the work of a batch for every engine.
+interface, `glip_label.runs.labeler`), does the work of a batch for every engine.
 
 Per pair: find the phrases (given per record, spaCy / rule-based chunks, or the classes of a
 vocabulary that occur in the caption), fit the caption into the 256-token text limit (at a word
@@ -26,11 +31,15 @@ import numpy as np
 
 from glip_label import __version__
 from glip_label.data.captions import CaptionError, CaptionItem, iter_captions, load_caption_image
-from glip_label.data.images import DEFAULT_MAX_PIXELS, LoadedImage
+from glip_label.data.images import LoadedImage
 from glip_label.io import atomic_open, atomic_write_json
 from glip_label.records import clip_to_image
-from glip_label.runs.engine import ItemResult, PredictorLabeler, RayOptions, run_batches
-from glip_label.runs.journal import RunJournal, parse_shard, read_run_key, shard_of
+from glip_label.report import write_pseudo_caption_report
+from glip_label.runs.engine import label_into_journal
+from glip_label.runs.journal import RunJournal, parse_shard, read_results_in_order, read_run_key, shard_of
+from glip_label.runs.labeler import ItemResult, PredictorLabeler
+from glip_label.runs.ontology import read_thresholds
+from glip_label.runs.run_options import RunOptions
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +47,12 @@ PHRASE_MODES = ("auto", "spacy", "rule", "column", "vocab")
 
 
 @dataclass
-class PseudoCaptionOptions:
+class PseudoCaptionOptions(RunOptions):
+    """Everything `pseudo-caption` takes: the caption source and how to read it, where phrases come from, the box
+    floor; the teacher, engine, resume, tta and report options are `RunOptions`'."""
+
     source: str
     out: Path
-    model: str | None = "glip-t"
-    config: str | list[str] | None = None  # a preset, a yaml, or yamls merged in order
-    random_init: bool = False
-    seed: int = 0
     phrases: str = "auto"
     phrases_column: str | None = None
     classes_file: str | None = None
@@ -54,24 +62,7 @@ class PseudoCaptionOptions:
     split: str = "train"
     box_floor: float = 0.05
     batch_size: int = 4
-    device: str = "cpu"
-    dtype: str = "fp32"
-    resume: bool = False
-    shard: str | None = None
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    flush_every: int = 64
-    engine: str = "local"
-    ray_address: str | None = None
-    ray_actors: int = 1
-    ray_cpus_per_actor: float = 1.0
-    ray_gpus_per_actor: float = 0.0
-    torch_threads: int | None = None
     export_images: bool = False
-    thresholds: str | None = None
-    tta: bool = False
-    tta_merge: str = "nms"
-    tta_scales: tuple[float, ...] = (0.8, 1.0, 1.2)
-    report: bool = False
 
     def tta_options(self):
         """The test-time augmentation settings (glip_label.tta), or None without --tta."""
@@ -84,8 +75,6 @@ class PseudoCaptionOptions:
         only boxes scoring at least that class's threshold; other phrases keep the box floor."""
         if not self.thresholds:
             return None
-        from glip_label.runs.calibrate import read_thresholds
-
         return {name.strip().lower(): value for name, value in read_thresholds(self.thresholds).items()}
 
     def validate(self) -> None:
@@ -172,6 +161,7 @@ class PseudoCaptionLabeler(PredictorLabeler):
     def label_batch(self, batch: Sequence[tuple[str, CaptionItem | CaptionError]]) -> list[ItemResult]:
         return label_batch(self.predictor, self.finder, batch, self.options.box_floor, self.options.max_pixels,
                            self.tta, self.thresholds)
+
 
 def label_batch(predictor, finder: PhraseFinder, entries: Sequence[tuple[str, CaptionItem | CaptionError]],
                 box_floor: float, max_pixels: int | None, tta=None,
@@ -324,37 +314,17 @@ def pseudo_caption(options: PseudoCaptionOptions, predictor=None, progress: bool
                     continue
                 yield batch
 
-        ray = RayOptions(options.ray_address, options.ray_actors, options.ray_cpus_per_actor,
-                         options.ray_gpus_per_actor)
-        for results in run_batches(labeler, todo(), options.engine, ray):
-            for result in results:
-                if result.key not in done:
-                    journal.add(result.key, record=result.record, error=result.error)
-            bar.update(len(results))
-            if on_batch is not None:
-                on_batch(len(results))
-        bar.close()
-        journal.flush()
+        label_into_journal(labeler, todo(), options, journal, done, bar, on_batch)
     finally:
         journal.close()
     seconds = time.perf_counter() - started
     summary = write_outputs(out, keys, options, seconds)
     if options.report:
-        from glip_label.report import write_pseudo_caption_report
-
         write_pseudo_caption_report(out, _recorded_root(_image_source(options)))
     return summary
 
 
 # ------------------------------------------------------------------------------------------- final files
-
-
-def _iter_results(out: Path, keys: Sequence[str]) -> Iterator[dict[str, Any]]:
-    journal = RunJournal.reopen(out)
-    try:
-        yield from journal.results_in_order(keys)
-    finally:
-        journal.close()
 
 
 def _recorded_root(images: dict[str, Any]) -> str | None:
@@ -384,7 +354,7 @@ def export_grounded_images(out: Path, keys: Sequence[str], images: dict[str, Any
 
     root = _recorded_root(images)
     resolver = ImageResolver(Path(root)) if root else ImageResolver(spec=images, origin=str(out / "run.json"))
-    names = (r["record"]["file_name"] for r in _iter_results(out, keys) if r["ok"])
+    names = (r["record"]["file_name"] for r in read_results_in_order(out, keys) if r["ok"])
     return export_images(resolver, names, out / "images")
 
 
@@ -402,7 +372,7 @@ def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
         atomic_open(out / "errors.jsonl") as errors,
         MdetrStreamWriter(out / "grounding.mdetr.json", info=mdetr_info) as mdetr,
     ):
-        for result in _iter_results(out, keys):
+        for result in read_results_in_order(out, keys):
             if not result["ok"]:
                 errors.write(json.dumps(result["error"], ensure_ascii=False) + "\n")
                 skipped += 1

@@ -19,11 +19,22 @@ from __future__ import annotations
 import pickle
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from glip_label.runs.engine import ItemResult, Labeler, RayOptions
+from glip_label.runs.labeler import ItemResult, Labeler
 
 IN_FLIGHT_PER_ACTOR = 2
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide the Ray engine runs (the `--ray-*` options of annotate and pseudo-caption)."""
+
+    address: str | None = None
+    actors: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
 
 
 class LabelerActor:
