@@ -1,4 +1,4 @@
-"""Checkpoint resolution, reading, strict loading, saving and conversion (glip_label/weights.py).
+"""Checkpoint resolution, reading, strict loading, saving and conversion (the glip_label/weights package).
 
 Small stand-in modules with official GLIP key names exercise the mechanics; the key-map tests check
 the real GLIP model against the official key lists (fixture list from the official code, and the

@@ -8,11 +8,14 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
+from glip_label.cli.params import HUB_PRESETS_TEXT
+from glip_label.presets import HUB_REPO
+
 app = typer.Typer(
     name="glip-label",
     help="Label images and caption corpora with the GLIP grounded detector, and train better students on them.\n\n"
-    "Weights: --model takes a hub preset (glip-t, glip-t-c, glip-t-b, glip-t-a, glip-l; downloaded once from "
-    "GLIPModel/GLIP) or a local .pth/.safetensors file.\n\n"
+    f"Weights: --model takes a hub preset ({HUB_PRESETS_TEXT}; downloaded once from {HUB_REPO}) or a local "
+    ".pth/.safetensors file.\n\n"
     "Every command lets glibc's malloc keep large freed blocks for the next image (faster on CPU); set "
     "GLIP_LABEL_DEFAULT_MALLOC=1 to keep the default allocator.",
     no_args_is_help=True,

@@ -15,15 +15,21 @@ from typing import Annotated, Any, TypeVar
 
 import typer
 
+from glip_label.presets import ARCHITECTURE_NAMES, HUB_PRESET_NAMES, HUB_REPO
+
+# Preset names in --help come from the one preset table, so a new preset shows up here by itself.
+HUB_PRESETS_TEXT = ", ".join(HUB_PRESET_NAMES)
+ARCHITECTURES_TEXT = ", ".join(ARCHITECTURE_NAMES)
+
 ModelOpt = Annotated[
     str | None,
-    typer.Option("--model", "-m", help="Hub preset (glip-t, glip-t-c, glip-t-b, glip-t-a, glip-l) or a local "
+    typer.Option("--model", "-m", help=f"Hub preset ({HUB_PRESETS_TEXT}; downloaded once from {HUB_REPO}) or a local "
                  ".pth/.safetensors checkpoint. [dim]e.g. --model glip-t or --model runs/student/model_final.pth[/]"),
 ]
 ConfigOpt = Annotated[
     list[str] | None,
     typer.Option("--config", "-c", metavar="PRESET|YAML",
-                 help="Architecture: a preset (glip-t, glip-t-a, glip-l, glip-tiny) or an official GLIP yaml; "
+                 help=f"Architecture: a preset ({ARCHITECTURES_TEXT}) or an official GLIP yaml; "
                  "repeat it to merge a task yaml over its base, as the official tools do "
                  "(--config glip_Swin_T_O365_GoldG.yaml --config odinw/CottontailRabbits.yaml). Default: from the "
                  "hub preset, the checkpoint's own metadata, or recognised from the checkpoint's keys and shapes."),

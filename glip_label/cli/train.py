@@ -12,7 +12,7 @@ from rich.table import Table
 
 from glip_label.cli.app import app, check_device_and_dtype, config_arg, console, fail, setup_logging
 from glip_label.cli.option_map import OptionMap, command_params, or_empty
-from glip_label.cli.params import ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, VerboseOpt
+from glip_label.cli.params import ARCHITECTURES_TEXT, ConfigOpt, DeviceOpt, DtypeOpt, ModelOpt, VerboseOpt
 
 
 def parse_scales(text: str | None) -> tuple[int, ...] | None:
@@ -63,8 +63,9 @@ def train_student(
     val: Annotated[list[str] | None, typer.Option(help="Validation file, repeatable: COCO detection (box AP) or "
                                                   "MDETR-style grounding (Recall@1/5/10); evaluated at the end.")
                    ] = None,
-    config: Annotated[str | None, typer.Option("--config", "-c", help="Student architecture: glip-tiny (default), "
-                                               "glip-t, glip-l or an official yaml. With --init: the checkpoint's.")
+    config: Annotated[str | None, typer.Option("--config", "-c", help="Student architecture: a preset "
+                                               f"({ARCHITECTURES_TEXT}; default glip-tiny) or an official yaml. "
+                                               "With --init: the checkpoint's.")
                       ] = None,
     init: Annotated[str | None, typer.Option(help="Start from these weights (fine-tune a teacher): a hub preset or "
                                              "a .pth/.safetensors.")] = None,
