@@ -1,4 +1,6 @@
-"""ATSS assignment, training targets and GLIP losses against hand-computed values (glip-spec.md §6)."""
+"""ATSS assignment, training targets and GLIP losses against hand-computed values.
+
+The rules are the official maskrcnn_benchmark/modeling/rpn/loss.py (ATSSLossComputation)."""
 
 from __future__ import annotations
 
