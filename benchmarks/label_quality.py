@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from glip_label.io import atomic_write_json
-from glip_label.runs.demo import DemoOptions, _student_config
+from glip_label.runs.demo import DemoOptions, demo_model_config
 
 N_HELD_OUT = 200
 N_CALIBRATION = 32
@@ -49,7 +49,7 @@ def prepare_teacher(out: Path, seed: int, teacher_steps: int, progress: bool = F
         start = time.perf_counter()
         train_student(TrainStudentOptions(
             out=out / "teacher", gold=[str(world.gold_coco), str(world.gold_mdetr)],
-            max_steps=teacher_steps, config=_student_config(demo.image_size), batch_size=demo.batch_size,
+            max_steps=teacher_steps, config=demo_model_config(demo.image_size), batch_size=demo.batch_size,
             lr=demo.lr, lang_lr=demo.lr, seed=seed, progress=progress, checkpoint_every=10_000,
             keep_checkpoints=1))
         atomic_write_json(out / "teacher_seconds.json", {"seconds": round(time.perf_counter() - start, 1),

@@ -77,7 +77,7 @@ class DemoOptions:
                    progress=False)
 
 
-def _student_config(image_size: int):
+def demo_model_config(image_size: int):
     """glip-tiny at the world's image size (no up-scaling of 160 px pictures to 320)."""
     return get_preset("glip-tiny").replace(min_size_test=image_size, max_size_test=max(image_size, 256))
 
@@ -127,7 +127,7 @@ def run_demo(options: DemoOptions, on_stage: Callable[[str], None] | None = None
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     announce = on_stage or (lambda stage: log.info("demo stage: %s", stage))
-    config = _student_config(options.image_size)
+    config = demo_model_config(options.image_size)
 
     def timed(stage: str, fn: Callable[[], Any]) -> Any:
         announce(stage)
