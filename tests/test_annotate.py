@@ -5,10 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +21,9 @@ from glip_label.runs.annotate import annotate
 from glip_label.runs.annotate_labeler import postprocess_for_ontology
 from glip_label.runs.annotate_options import AnnotateOptions
 from glip_label.runs.ontology import Ontology, load_ontology
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kill_mid_run import kill_after_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -176,13 +177,8 @@ def test_sigkill_and_resume_gives_identical_files(tiny_checkpoint, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(killed), str(tiny_checkpoint), "1.0"])
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list((killed / "parts").glob("part-*.jsonl"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(list((killed / "parts").glob("part-*.jsonl"))) < 6, "the kill must land mid-run"
+    parts = kill_after_parts(script, [str(root), str(killed), str(tiny_checkpoint), "1.0"], killed, timeout_s=120)
+    assert 2 <= parts < 6, "the kill must land mid-run"
     assert not (killed / "annotations.coco.json").exists()
     subprocess.run([sys.executable, str(script), str(root), str(killed), str(tiny_checkpoint), "0"], check=True)
     subprocess.run([sys.executable, str(script), str(root), str(whole), str(tiny_checkpoint), "0"], check=True)

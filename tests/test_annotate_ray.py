@@ -6,10 +6,8 @@ leave nothing for the driver's tasks), one torch thread everywhere so that float
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
-import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +17,9 @@ from typer.testing import CliRunner
 from glip_label.cli import app
 from glip_label.runs.annotate import annotate
 from glip_label.runs.annotate_options import AnnotateOptions
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kill_mid_run import kill_after_parts  # noqa: E402
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -57,13 +58,8 @@ def test_ray_engine_killed_and_resumed_gives_the_local_engines_files(tiny_checkp
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
     killed = tmp_path / "ray"
-    proc = subprocess.Popen([sys.executable, str(script), str(root), str(killed), str(tiny_checkpoint), "2.0"])
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list((killed / "parts").glob("part-*.jsonl"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(list((killed / "parts").glob("part-*.jsonl"))) < 7, "the kill must land mid-run"
+    parts = kill_after_parts(script, [str(root), str(killed), str(tiny_checkpoint), "2.0"], killed, timeout_s=240)
+    assert 2 <= parts < 7, "the kill must land mid-run"
     assert not (killed / "annotations.coco.json").exists()
 
     # Resume through the CLI, as a user would.

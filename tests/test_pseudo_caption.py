@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,9 @@ from glip_label.cli import app
 from glip_label.formats.mdetr import read_mdetr
 from glip_label.formats.odvg import read_odvg, validate_odvg_record
 from glip_label.runs.pseudo_caption import PseudoCaptionOptions, pseudo_caption
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kill_mid_run import kill_after_parts  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -140,13 +141,8 @@ def test_sigkill_and_resume_gives_identical_output(tiny_checkpoint, tmp_path):
     script = tmp_path / "run.py"
     script.write_text(KILL_SCRIPT)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    proc = subprocess.Popen([sys.executable, str(script), str(source), str(killed), str(tiny_checkpoint), "1.0"])
-    deadline = time.time() + 180
-    while time.time() < deadline and len(list((killed / "parts").glob("part-*.jsonl"))) < 2:
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert 2 <= len(list((killed / "parts").glob("part-*.jsonl"))) < 5, "the kill must land mid-run"
+    parts = kill_after_parts(script, [str(source), str(killed), str(tiny_checkpoint), "1.0"], killed, timeout_s=180)
+    assert 2 <= parts < 5, "the kill must land mid-run"
     subprocess.run([sys.executable, str(script), str(source), str(killed), str(tiny_checkpoint), "0"], check=True)
     subprocess.run([sys.executable, str(script), str(source), str(whole), str(tiny_checkpoint), "0"], check=True)
     for name in ("grounding.odvg.jsonl", "grounding.mdetr.json", "errors.jsonl"):
