@@ -6,6 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
+if ! "$PYTHON" -c "import torch" 2>/dev/null; then
+    echo "gpu_check.sh: $PYTHON cannot import torch; activate the project's venv or set PYTHON=.venv/bin/python" >&2
+    exit 2
+fi
 if ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)"; then
     echo "gpu_check.sh: needs a CUDA GPU (torch.cuda.is_available() is False here); nothing was measured" >&2
     exit 2
