@@ -14,6 +14,7 @@ from glip_label.runs.calibrate import (
     calibrate_thresholds,
     choose_threshold,
     match_detections,
+    micro_f1_thresholds,
     micro_prf,
     pr_curve,
     prf_at,
@@ -77,6 +78,67 @@ def test_calibrated_beats_global_on_two_kinds_of_class():
     assert result["classes"]["dog"]["at_threshold"] == prf_at(dog.scores, dog.is_tp, 2, 0.3)
     with pytest.raises(ValueError, match="boxes none"):
         calibrate_thresholds({}, ["cat"])
+
+
+def _brute_force_micro_f1(per_class: dict[str, ClassMatches]) -> float:
+    """The best micro F1 over every combination of per-class thresholds (each class keeps >= 1 box)."""
+    import itertools
+
+    names = list(per_class)
+    options = [sorted(set(per_class[n].scores.tolist())) for n in names]
+    combos = itertools.product(*options)
+    return max(micro_prf(per_class, dict(zip(names, combo, strict=True)))["f1"] for combo in combos)
+
+
+def _random_classes(seed: int) -> dict[str, ClassMatches]:
+    """Three classes of 6-10 boxes, right 90%, 50% and 20% of the time: on 3 of seeds 0-7 the per-class
+    F1 optima miss the best micro F1, so these instances tell the two criteria apart."""
+    rng = np.random.default_rng(seed)
+    per_class = {}
+    for name, quality in (("good", 0.9), ("fair", 0.5), ("weak", 0.2)):
+        n = int(rng.integers(6, 11))
+        scores = np.round(rng.uniform(0.05, 0.95, n), 2)
+        is_tp = rng.uniform(size=n) < quality
+        is_tp[np.argmax(scores)] = True  # a true positive somewhere, so the class is calibrated
+        per_class[name] = ClassMatches(scores, is_tp, int(is_tp.sum()) + int(rng.integers(0, 4)))
+    return per_class
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_micro_f1_thresholds_reach_the_brute_force_optimum(seed):
+    per_class = _random_classes(seed)
+    chosen = micro_f1_thresholds(per_class, fixed={})
+    assert set(chosen) == set(per_class)
+    assert micro_prf(per_class, chosen)["f1"] == pytest.approx(_brute_force_micro_f1(per_class))
+
+
+def test_the_random_instances_separate_the_criteria():
+    """Guards the test above: per-class F1 optima are not the micro optimum on some of its instances."""
+    missed = 0
+    for seed in range(8):
+        per_class = _random_classes(seed)
+        by_class = calibrate_thresholds(per_class, list(per_class), criterion="class-f1")["thresholds"]
+        missed += micro_prf(per_class, by_class)["f1"] < _brute_force_micro_f1(per_class) - 1e-9
+    assert missed >= 2
+
+
+def test_micro_f1_keeps_fewer_wrong_boxes_of_a_weak_class_than_class_f1():
+    # "cat" is easy: 5 of 5 gold boxes at 0.7 and above. "dog" is weak (6 gold boxes): its own best F1 is at 0.3
+    # (P = R = 1/3, F1 0.333 against 0.286 at 0.6), which keeps 4 wrong boxes for one more right one; in the
+    # pooled labels (micro F1 0.636 with dog at 0.3) they cost more than that box gains (0.706 at 0.6).
+    cat = ClassMatches(np.array([0.9, 0.85, 0.8, 0.75, 0.7, 0.3]), np.array([1, 1, 1, 1, 1, 0], dtype=bool), 5)
+    dog = ClassMatches(np.array([0.6, 0.5, 0.45, 0.4, 0.35, 0.3]), np.array([1, 0, 0, 0, 0, 1], dtype=bool), 6)
+    per_class = {"cat": cat, "dog": dog}
+    by_class = calibrate_thresholds(per_class, ["cat", "dog"], criterion="class-f1")
+    joint = calibrate_thresholds(per_class, ["cat", "dog"])
+    assert joint["criterion"] == "micro-f1" and by_class["criterion"] == "class-f1"
+    assert by_class["thresholds"] == {"cat": 0.7, "dog": 0.3} and joint["thresholds"] == {"cat": 0.7, "dog": 0.6}
+    assert by_class["per_class_micro"]["f1"] == pytest.approx(14 / 22)  # 7 right of 11 kept, 11 gold
+    assert joint["per_class_micro"]["f1"] == pytest.approx(12 / 17)  # 6 right of 6 kept, 11 gold
+    assert joint["per_class_micro"]["f1"] == pytest.approx(_brute_force_micro_f1(per_class))
+    assert joint["per_class_micro"]["f1"] >= joint["global"]["f1"]
+    with pytest.raises(ValueError, match="criterion"):
+        calibrate_thresholds(per_class, ["cat"], criterion="macro")
 
 
 def test_thresholds_file_round_trip_through_annotate(tmp_path):

@@ -43,6 +43,9 @@ def calibrate(
     config: ConfigOpt = None,
     target_precision: Annotated[float | None, typer.Option(help="Per class, the lowest threshold reaching this "
                                                            "precision (default: the threshold of best F1).")] = None,
+    criterion: Annotated[str, typer.Option(help="micro-f1: the thresholds that together give the labels their best "
+                                           "micro F1 (every box counts once); class-f1: each class's own best F1 "
+                                           "(keeps more wrong boxes of weak classes).")] = "micro-f1",
     floor: Annotated[float, typer.Option(help="Lowest score considered (boxes below are never kept).")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
     verbose: VerboseOpt = False,
@@ -50,8 +53,13 @@ def calibrate(
 ) -> None:
     """Per-class score thresholds that maximise F1 (IoU 0.5) on a few gold images, for annotate --thresholds.
 
-    Classes the gold set does not box get the single global threshold of best micro F1. Use the same --tta
-    setting here as when labeling: scores shift under augmentation.
+    By default the thresholds together maximise the micro F1 of the labels (every box counts once).
+
+    --criterion class-f1 takes each class's own best F1; --target-precision the most recall at that precision.
+
+    Classes the gold set does not box get the single global threshold of best micro F1.
+
+    Use the same --tta setting here as when labeling: scores shift under augmentation.
     """
     params = command_params(locals())  # before any other name is bound
 

@@ -2,10 +2,18 @@
 
 One threshold for every class gives too many boxes for some classes and none for others. With a small
 gold set (tens of images boxed for the classes to label), the teacher's boxes on it are matched to the
-gold boxes (IoU >= 0.5, greedy by score as in COCO), which gives each class its precision-recall curve;
-per class the threshold is the one that maximises F1, or the lowest one that reaches
-`target_precision`. Classes the gold set does not box (no gold box on these images) get the fallback:
-the single global threshold that maximises micro F1 over all classes the gold set does box.
+gold boxes (IoU >= 0.5, greedy by score as in COCO), which gives each class its precision-recall curve.
+Three criteria:
+- `micro-f1` (default): the per-class thresholds that together maximise the micro F1 of the labels, the
+  measure of a labeled dataset (every box counts once). A box raises micro F1 exactly when it is a true
+  positive with probability above F/2 (Lipton et al. 2014, "Thresholding classifiers to maximize F1"), so
+  the best thresholds sit where each class's boxes stop being right more than F/2 of the time.
+- `class-f1`: per class, the threshold of that class's best F1. Each class then keeps boxes down to its own
+  F_c/2, so a weak class (low F_c) keeps many wrong boxes: measured in the demo's world
+  (benchmarks/label_quality.py) this scored a lower micro F1 than one global threshold.
+- `target_precision`: per class, the lowest threshold that reaches it (most recall at that precision).
+Classes the gold set does not box (no gold box on these images), or where the model finds none of the gold
+boxes, get the fallback: the single global threshold that maximises micro F1 over the classes it does box.
 
 Outputs (OUT/): thresholds.json (read by `annotate --thresholds` / `pseudo-caption --thresholds` through
 `glip_label.runs.ontology.read_thresholds`),
@@ -33,6 +41,7 @@ from glip_label.train.assign import box_iou_plus_one
 
 MATCH_IOU = 0.5
 THRESHOLDS_VERSION = 1
+CRITERIA = ("micro-f1", "class-f1")
 
 
 # ------------------------------------------------------------------------------------------- matching
@@ -87,6 +96,8 @@ class PRCurve:
     precision: np.ndarray
     recall: np.ndarray
     f1: np.ndarray
+    tp: np.ndarray  # true positives kept at each threshold
+    kept: np.ndarray  # boxes kept at each threshold
 
 
 def pr_curve(scores: np.ndarray, is_tp: np.ndarray, n_gold: int) -> PRCurve:
@@ -100,7 +111,7 @@ def pr_curve(scores: np.ndarray, is_tp: np.ndarray, n_gold: int) -> PRCurve:
     recall = tp / n_gold if n_gold else np.zeros_like(tp)
     with np.errstate(invalid="ignore", divide="ignore"):
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return PRCurve(thresholds, precision, recall, f1)
+    return PRCurve(thresholds, precision, recall, f1, tp, kept)
 
 
 def prf_at(scores: np.ndarray, is_tp: np.ndarray, n_gold: int, threshold: float) -> dict[str, float]:
@@ -133,6 +144,32 @@ def choose_threshold(scores: np.ndarray, is_tp: np.ndarray, n_gold: int, target_
     return float(curve.thresholds[int(np.argmax(curve.precision))]), False
 
 
+def micro_f1_thresholds(per_class: dict[str, ClassMatches], fixed: dict[str, float], start_f1: float = 0.0,
+                        max_rounds: int = 100) -> dict[str, float]:
+    """Thresholds for the classes of `per_class` that maximise micro F1 together with the `fixed` ones.
+
+    Micro F1 = 2 TP / (kept + gold) is a ratio; Dinkelbach's method maximises it exactly: for a fixed
+    lambda, max of 2 TP - lambda * kept splits into one search per class over its own thresholds, and
+    lambda = the F1 of that choice climbs to the optimum in a few rounds (it stops when F1 no longer rises).
+    Each class keeps at least its top box (ties of the maximum: the highest threshold, fewest boxes).
+    Classes without a true positive belong in `fixed` (their boxes at that threshold still count as kept).
+    """
+    curves = {name: pr_curve(m.scores, m.is_tp, m.n_gold) for name, m in per_class.items()}
+    fixed_kept = sum(int((m.scores >= fixed[name]).sum()) for name, m in per_class.items() if name in fixed)
+    curves = {name: c for name, c in curves.items() if name not in fixed and len(c.thresholds)}
+    gold = sum(m.n_gold for m in per_class.values())
+    lam, best = start_f1, {}
+    for _ in range(max_rounds):
+        pick = {name: int(np.argmax(2 * c.tp - lam * c.kept)) for name, c in curves.items()}
+        tp = sum(c.tp[pick[name]] for name, c in curves.items())
+        kept = fixed_kept + sum(c.kept[pick[name]] for name, c in curves.items())
+        f1 = 2 * tp / (kept + gold) if kept + gold else 0.0
+        if best and f1 <= lam + 1e-12:
+            break
+        lam, best = f1, {name: float(c.thresholds[pick[name]]) for name, c in curves.items()}
+    return best
+
+
 def micro_matches(per_class: dict[str, ClassMatches], classes: Sequence[str] | None = None) -> ClassMatches:
     """All classes' detections pooled (micro averaging)."""
     pooled = ClassMatches()
@@ -155,12 +192,16 @@ def micro_prf(per_class: dict[str, ClassMatches], thresholds: dict[str, float]) 
 
 
 def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequence[str],
-                         target_precision: float | None = None, floor: float = 0.0) -> dict[str, Any]:
+                         target_precision: float | None = None, floor: float = 0.0,
+                         criterion: str = "micro-f1") -> dict[str, Any]:
     """thresholds.json's content from the matched detections of each category (see the module docstring).
 
     per_class holds the categories the gold set boxes (n_gold > 0 there); the others fall back to the
     global threshold (best micro F1 over the boxed categories, or the target precision when given).
+    criterion ("micro-f1" or "class-f1") applies when no target_precision is given.
     """
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
     boxed = [c for c in categories if c in per_class and per_class[c].n_gold > 0]
     if not boxed:
         raise ValueError("the gold set boxes none of the classes: nothing to calibrate on")
@@ -169,6 +210,11 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
     if global_threshold is None:
         raise ValueError("the model found none of the gold boxes (no true positive at IoU 0.5): "
                          "no threshold can be calibrated")
+    joint: dict[str, float] = {}
+    if target_precision is None and criterion == "micro-f1":
+        no_tp = {c: global_threshold for c in boxed if not per_class[c].is_tp.any()}
+        start = micro_prf({c: per_class[c] for c in boxed}, dict.fromkeys(boxed, global_threshold))["f1"]
+        joint = micro_f1_thresholds({c: per_class[c] for c in boxed}, no_tp, start)
     thresholds: dict[str, float] = {}
     classes: dict[str, Any] = {}
     for name in categories:
@@ -177,7 +223,10 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
             thresholds[name] = global_threshold
             classes[name] = {"threshold": global_threshold, "source": "fallback", "gold_boxes": 0}
             continue
-        chosen, met = choose_threshold(m.scores, m.is_tp, m.n_gold, target_precision)
+        if joint:
+            chosen, met = joint.get(name), True
+        else:
+            chosen, met = choose_threshold(m.scores, m.is_tp, m.n_gold, target_precision)
         source = "gold" if chosen is not None else "fallback"
         chosen = max(floor, chosen) if chosen is not None else global_threshold
         thresholds[name] = chosen
@@ -190,7 +239,7 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
     gold_only = {c: thresholds[c] for c in boxed}
     return {
         "version": THRESHOLDS_VERSION,
-        "criterion": "f1" if target_precision is None else f"precision>={target_precision}",
+        "criterion": criterion if target_precision is None else f"precision>={target_precision}",
         "iou": MATCH_IOU,
         "default": global_threshold,
         "thresholds": thresholds,
@@ -286,6 +335,7 @@ class CalibrateOptions:
     model: str | None = "glip-t"
     config: str | None = None
     target_precision: float | None = None
+    criterion: str = "micro-f1"
     floor: float = 0.05
     batch_size: int = 1
     device: str = "cpu"
@@ -295,6 +345,8 @@ class CalibrateOptions:
     def validate(self) -> None:
         if self.target_precision is not None and not 0.0 < self.target_precision <= 1.0:
             raise ValueError(f"--target-precision must be in (0, 1], got {self.target_precision}")
+        if self.criterion not in CRITERIA:
+            raise ValueError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
         if not 0.0 <= self.floor < 1.0:
             raise ValueError(f"--floor must be in [0, 1), got {self.floor}")
         if self.batch_size < 1:
@@ -311,7 +363,8 @@ def calibrate(options: CalibrateOptions, predictor=None, progress: bool = False)
         predictor = load_model(options.model, config=options.config, device=options.device, dtype=options.dtype)
     per_class, info = collect_matches(predictor, options.gold, ontology, options.floor, options.batch_size,
                                       options.tta, progress)
-    result = calibrate_thresholds(per_class, ontology.categories, options.target_precision, options.floor)
+    result = calibrate_thresholds(per_class, ontology.categories, options.target_precision, options.floor,
+                                  options.criterion)
     result.update({"model": options.model, "gold": str(options.gold), "floor": options.floor,
                    "tta": options.tta.to_dict() if options.tta is not None else None, "gold_info": info})
     out = Path(options.out)
