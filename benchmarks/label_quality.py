@@ -3,9 +3,10 @@
 For each seed: the demo's world (same gold set, same 200 held-out pictures; 32 more val pictures serve as
 the small gold set for calibration), a teacher trained exactly as `glip-label demo` trains it (saved and
 reused on later runs), then
-  1. `calibrate` on the 32 gold pictures -> per-class thresholds and the best single global threshold
-     (chosen on the same 32 pictures), both applied to the teacher's boxes on the 200 held-out pictures:
-     micro precision / recall / F1 at IoU 0.5 (every class of the world prompted, as the demo does);
+  1. `calibrate` on the 32 gold pictures -> per-class thresholds (the default criterion, micro-f1, and
+     class-f1 for comparison) and the best single global threshold (chosen on the same 32 pictures), each
+     applied to the teacher's boxes on the 200 held-out pictures: micro precision / recall / F1 at IoU 0.5
+     (every class of the world prompted, as the demo does);
   2. box AP (COCO) of the teacher on the 200 held-out pictures without and with `--tta`, and the time
      each takes in this one run (ratio).
 
@@ -99,15 +100,20 @@ def measure(out: Path, world, teacher: Path, merges: list[str]) -> dict:
     predictor = load_model(teacher)
     ontology = Ontology.from_names(list(world.categories))
     cal_matches, _ = collect_matches(predictor, calibration, ontology)
-    thresholds = calibrate_thresholds(cal_matches, ontology.categories)
+    thresholds = calibrate_thresholds(cal_matches, ontology.categories)  # the default criterion, micro-f1
+    by_class = calibrate_thresholds(cal_matches, ontology.categories, criterion="class-f1")
     atomic_write_json(out / "thresholds.json", thresholds)
     held_matches, _ = collect_matches(predictor, held_out, ontology)
     result = {
         "teacher_steps": json.loads((out / "teacher_seconds.json").read_text())["steps"]
         if (out / "teacher_seconds.json").exists() else None,
-        "thresholds": thresholds["thresholds"], "global_threshold": thresholds["default"],
-        "calibration_f1": {"per_class": thresholds["per_class_micro"]["f1"], "global": thresholds["global"]["f1"]},
+        "thresholds": thresholds["thresholds"], "class_f1_thresholds": by_class["thresholds"],
+        "global_threshold": thresholds["default"],
+        "calibration_f1": {"per_class": thresholds["per_class_micro"]["f1"],
+                           "per_class_class_f1": by_class["per_class_micro"]["f1"],
+                           "global": thresholds["global"]["f1"]},
         "held_out": {"per_class": micro_prf(held_matches, thresholds["thresholds"]),
+                     "per_class_class_f1": micro_prf(held_matches, by_class["thresholds"]),
                      "global": micro_prf(held_matches, dict.fromkeys(ontology.categories, thresholds["default"]))},
     }
     gold_path = held_out.rsplit("@", 1)
