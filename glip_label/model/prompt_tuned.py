@@ -17,7 +17,6 @@ from glip_label.model.glip import GLIP
 from glip_label.model.head import HeadOutputs
 from glip_label.model.language import TextFeatures
 
-PROMPT_PARAMETER_NAME = "rpn.tunable_linear.weight"
 PROMPT_ROWS = 1000  # official ADD_LINEAR_LAYER: Linear(768 -> 1000, bias=False)
 
 
@@ -66,4 +65,4 @@ class PromptTunedGLIP(nn.Module):
         return self.rpn.head(visual, text.expand(images.shape[0]))
 
 
-__all__ = ["PROMPT_PARAMETER_NAME", "PROMPT_ROWS", "PromptTunedGLIP"]
+__all__ = ["PROMPT_ROWS", "PromptTunedGLIP"]

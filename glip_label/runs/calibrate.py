@@ -333,7 +333,7 @@ class CalibrateOptions:
     classes_file: str | None = None
     ontology: str | None = None
     model: str | None = "glip-t"
-    config: str | None = None
+    config: str | list[str] | None = None  # a preset, a yaml, or yamls merged in order (repeatable --config)
     target_precision: float | None = None
     criterion: str = "micro-f1"
     floor: float = 0.05

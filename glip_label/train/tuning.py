@@ -14,8 +14,9 @@ from torch import nn
 
 from glip_label.config import GLIPConfig
 from glip_label.model.glip import GLIP
-from glip_label.model.prompt_tuned import PROMPT_PARAMETER_NAME, PromptTunedGLIP
+from glip_label.model.prompt_tuned import PromptTunedGLIP
 from glip_label.train.config import TUNE_MODES
+from glip_label.weights.keys import PROMPT_KEY
 
 # Linear probing (`tools/finetune.py`, MODEL.LINEAR_PROB): the only parameters `--tune head` trains.
 HEAD_PARAMETER_PATTERN = re.compile(
@@ -50,7 +51,7 @@ def prepare_model_for_tuning(model: GLIP | PromptTunedGLIP, tune: str) -> nn.Mod
         elif tune == "head":
             trainable = HEAD_PARAMETER_PATTERN.match(name) is not None
         else:
-            trainable = name == PROMPT_PARAMETER_NAME
+            trainable = name == PROMPT_KEY
         parameter.requires_grad_(trainable)
     if not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"tune={tune!r} leaves no parameter to train")
