@@ -9,17 +9,18 @@ import pytest
 
 from glip_label.runs.annotate_labeler import postprocess_for_ontology
 from glip_label.runs.annotate_options import AnnotateOptions
-from glip_label.runs.calibrate import (
+from glip_label.runs.calibrate import match_detections
+from glip_label.runs.ontology import Ontology, apply_thresholds, load_ontology, ontology_yaml, read_thresholds
+from glip_label.runs.thresholds import (
     ClassMatches,
     calibrate_thresholds,
     choose_threshold,
-    match_detections,
+    cross_validate,
     micro_f1_thresholds,
     micro_prf,
     pr_curve,
     prf_at,
 )
-from glip_label.runs.ontology import Ontology, apply_thresholds, load_ontology, ontology_yaml, read_thresholds
 
 
 def test_pr_curve_known_values():
@@ -163,3 +164,49 @@ def test_thresholds_file_round_trip_through_annotate(tmp_path):
     path.write_text(json.dumps({"thresholds": {"cat": 1.5}}))
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         read_thresholds(path)
+
+
+def _classes_per_image(seed: int, tp_rates: dict[str, tuple[float, float]], n_images: int = 32):
+    """Per class, per image: 3 boxes; a box of score s is right with probability lo + (hi - lo) * s."""
+    rng = np.random.default_rng(seed)
+    per_class = {name: ClassMatches() for name in tp_rates}
+    for image in range(n_images):
+        for name, (lo, hi) in tp_rates.items():
+            scores = np.round(rng.uniform(0.05, 0.95, 3), 3)
+            is_tp = rng.uniform(size=3) < lo + (hi - lo) * scores
+            per_class[name].add(scores, is_tp, int(is_tp.sum()) + int(rng.integers(0, 2)), image)
+    return per_class
+
+
+def test_validation_keeps_per_class_thresholds_that_hold_on_unseen_images():
+    # "cat" is right only at high scores, "dog" nearly everywhere: their best thresholds differ by far.
+    for seed in range(3):
+        per_class = _classes_per_image(seed, {"cat": (-0.8, 1.6), "dog": (0.7, 1.0)})
+        validation = cross_validate(per_class)
+        assert validation["images"] == 32 and validation["folds"] == 8
+        assert validation["chosen"] == "per-class", validation
+        result = calibrate_thresholds(per_class, ["cat", "dog"])
+        assert result["validation"] == validation
+        assert result["thresholds"]["cat"] > result["thresholds"]["dog"]
+        assert {c["source"] for c in result["classes"].values()} == {"gold"}
+
+
+def test_validation_falls_back_to_the_global_threshold_when_classes_only_differ_by_chance():
+    # Three classes drawn alike: per-class thresholds fitted to 32 images chase noise and mostly lose on
+    # the held-out folds; then every class gets the global threshold.
+    chosen = []
+    for seed in range(10):
+        per_class = _classes_per_image(seed, {name: (0.0, 0.8) for name in ("a", "b", "c")})
+        result = calibrate_thresholds(per_class, ["a", "b", "c"])
+        chosen.append(result["validation"]["chosen"])
+        if chosen[-1] == "global":
+            assert set(result["thresholds"].values()) == {result["default"]}
+            assert result["classes"]["a"]["source"] == "global (per-class did not validate)"
+    assert chosen.count("global") >= 6, chosen
+
+
+def test_validation_needs_image_indices_and_enough_images():
+    per_class = _classes_per_image(0, {"cat": (0.0, 1.0)}, n_images=15)
+    assert cross_validate(per_class) is None  # fewer than 2 x 8 images
+    assert cross_validate({"cat": ClassMatches(np.array([0.5]), np.array([True]), 1)}) is None  # no indices
+    assert calibrate_thresholds(per_class, ["cat"])["validation"] is None

@@ -84,4 +84,8 @@ def calibrate(
     Console().print(table)
     Console().print(f"micro F1 on the gold set: per-class thresholds {result['per_class_micro']['f1']:.3f}, "
                     f"global threshold {result['default']:.3f}: {result['global']['f1']:.3f}")
+    if result.get("validation"):
+        v = result["validation"]
+        Console().print(f"on held-out folds of the gold images ({v['folds']} folds, {v['images']} images): per-class "
+                        f"{v['per_class_f1']:.3f}, global {v['global_f1']:.3f} -> {v['chosen']} thresholds kept")
 

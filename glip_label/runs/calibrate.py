@@ -3,17 +3,8 @@
 One threshold for every class gives too many boxes for some classes and none for others. With a small
 gold set (tens of images boxed for the classes to label), the teacher's boxes on it are matched to the
 gold boxes (IoU >= 0.5, greedy by score as in COCO), which gives each class its precision-recall curve.
-Three criteria:
-- `micro-f1` (default): the per-class thresholds that together maximise the micro F1 of the labels, the
-  measure of a labeled dataset (every box counts once). A box raises micro F1 exactly when it is a true
-  positive with probability above F/2 (Lipton et al. 2014, "Thresholding classifiers to maximize F1"), so
-  the best thresholds sit where each class's boxes stop being right more than F/2 of the time.
-- `class-f1`: per class, the threshold of that class's best F1. Each class then keeps boxes down to its own
-  F_c/2, so a weak class (low F_c) keeps many wrong boxes: measured in the demo's world
-  (benchmarks/label_quality.py) this scored a lower micro F1 than one global threshold.
-- `target_precision`: per class, the lowest threshold that reaches it (most recall at that precision).
-Classes the gold set does not box (no gold box on these images), or where the model finds none of the gold
-boxes, get the fallback: the single global threshold that maximises micro F1 over the classes it does box.
+The criteria (micro F1 of the labels by default, validated on folds of the gold images; each class's own
+F1; a target precision) are in `glip_label.runs.thresholds`.
 
 Outputs (OUT/): thresholds.json (read by `annotate --thresholds` / `pseudo-caption --thresholds` through
 `glip_label.runs.ontology.read_thresholds`),
@@ -25,8 +16,7 @@ global one.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,29 +27,20 @@ from glip_label.io import atomic_write_json, atomic_write_text
 from glip_label.runs.annotate_labeler import postprocess_for_ontology
 from glip_label.runs.annotate_options import AnnotateOptions
 from glip_label.runs.ontology import Ontology, apply_thresholds, load_ontology, ontology_yaml
+from glip_label.runs.thresholds import (
+    CRITERIA,
+    MATCH_IOU,
+    ClassMatches,
+    PRCurve,
+    calibrate_thresholds,
+    choose_threshold,
+    micro_prf,
+    pr_curve,
+    prf_at,
+)
 from glip_label.train.assign import box_iou_plus_one
 
-MATCH_IOU = 0.5
-THRESHOLDS_VERSION = 1
-CRITERIA = ("micro-f1", "class-f1")
-
-
 # ------------------------------------------------------------------------------------------- matching
-
-
-@dataclass
-class ClassMatches:
-    """A class's detections on the gold images: scores [N] and whether each is a true positive, and how
-    many gold boxes there are (the recall's denominator)."""
-
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    is_tp: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
-    n_gold: int = 0
-
-    def add(self, scores: np.ndarray, is_tp: np.ndarray, n_gold: int) -> None:
-        self.scores = np.concatenate([self.scores, scores])
-        self.is_tp = np.concatenate([self.is_tp, is_tp])
-        self.n_gold += n_gold
 
 
 def match_detections(boxes: np.ndarray, scores: np.ndarray, gold_boxes: np.ndarray,
@@ -83,171 +64,6 @@ def match_detections(boxes: np.ndarray, scores: np.ndarray, gold_boxes: np.ndarr
             taken[best] = True
             is_tp[i] = True
     return is_tp
-
-
-# ------------------------------------------------------------------------------------------- thresholds
-
-
-@dataclass
-class PRCurve:
-    """Precision / recall / F1 when keeping boxes scoring >= thresholds[k] (thresholds descending)."""
-
-    thresholds: np.ndarray
-    precision: np.ndarray
-    recall: np.ndarray
-    f1: np.ndarray
-    tp: np.ndarray  # true positives kept at each threshold
-    kept: np.ndarray  # boxes kept at each threshold
-
-
-def pr_curve(scores: np.ndarray, is_tp: np.ndarray, n_gold: int) -> PRCurve:
-    """Every distinct score is a candidate threshold; ties are kept or dropped together."""
-    order = np.argsort(-scores, kind="stable")
-    sorted_scores, hits = scores[order], is_tp[order].astype(np.float64)
-    tp, kept = np.cumsum(hits), np.arange(1, len(hits) + 1, dtype=np.float64)
-    last_of_tie = np.r_[sorted_scores[1:] != sorted_scores[:-1], True] if len(scores) else np.zeros(0, dtype=bool)
-    tp, kept, thresholds = tp[last_of_tie], kept[last_of_tie], sorted_scores[last_of_tie]
-    precision = tp / kept
-    recall = tp / n_gold if n_gold else np.zeros_like(tp)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
-    return PRCurve(thresholds, precision, recall, f1, tp, kept)
-
-
-def prf_at(scores: np.ndarray, is_tp: np.ndarray, n_gold: int, threshold: float) -> dict[str, float]:
-    """Precision, recall, F1 (and counts) of the boxes scoring >= threshold."""
-    keep = scores >= threshold
-    tp, kept = int(is_tp[keep].sum()), int(keep.sum())
-    precision = tp / kept if kept else 0.0
-    recall = tp / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "kept": kept, "gold": n_gold}
-
-
-def choose_threshold(scores: np.ndarray, is_tp: np.ndarray, n_gold: int, target_precision: float | None = None,
-                     ) -> tuple[float | None, bool]:
-    """The threshold maximising F1 (ties: the highest threshold, fewest boxes), or with target_precision
-    the lowest threshold whose precision reaches it (most recall at that precision).
-
-    Returns (threshold, met); threshold None when there is no true positive to keep (the caller falls
-    back); met False when target_precision is never reached (then the highest-precision threshold).
-    """
-    curve = pr_curve(scores, is_tp, n_gold)
-    if not len(curve.thresholds) or not is_tp.any():
-        return None, False
-    if target_precision is None:
-        best = int(np.argmax(curve.f1))  # first maximum = highest threshold among ties
-        return float(curve.thresholds[best]), True
-    reaching = np.nonzero(curve.precision >= target_precision)[0]
-    if len(reaching):
-        return float(curve.thresholds[reaching[-1]]), True
-    return float(curve.thresholds[int(np.argmax(curve.precision))]), False
-
-
-def micro_f1_thresholds(per_class: dict[str, ClassMatches], fixed: dict[str, float], start_f1: float = 0.0,
-                        max_rounds: int = 100) -> dict[str, float]:
-    """Thresholds for the classes of `per_class` that maximise micro F1 together with the `fixed` ones.
-
-    Micro F1 = 2 TP / (kept + gold) is a ratio; Dinkelbach's method maximises it exactly: for a fixed
-    lambda, max of 2 TP - lambda * kept splits into one search per class over its own thresholds, and
-    lambda = the F1 of that choice climbs to the optimum in a few rounds (it stops when F1 no longer rises).
-    Each class keeps at least its top box (ties of the maximum: the highest threshold, fewest boxes).
-    Classes without a true positive belong in `fixed` (their boxes at that threshold still count as kept).
-    """
-    curves = {name: pr_curve(m.scores, m.is_tp, m.n_gold) for name, m in per_class.items()}
-    fixed_kept = sum(int((m.scores >= fixed[name]).sum()) for name, m in per_class.items() if name in fixed)
-    curves = {name: c for name, c in curves.items() if name not in fixed and len(c.thresholds)}
-    gold = sum(m.n_gold for m in per_class.values())
-    lam, best = start_f1, {}
-    for _ in range(max_rounds):
-        pick = {name: int(np.argmax(2 * c.tp - lam * c.kept)) for name, c in curves.items()}
-        tp = sum(c.tp[pick[name]] for name, c in curves.items())
-        kept = fixed_kept + sum(c.kept[pick[name]] for name, c in curves.items())
-        f1 = 2 * tp / (kept + gold) if kept + gold else 0.0
-        if best and f1 <= lam + 1e-12:
-            break
-        lam, best = f1, {name: float(c.thresholds[pick[name]]) for name, c in curves.items()}
-    return best
-
-
-def micro_matches(per_class: dict[str, ClassMatches], classes: Sequence[str] | None = None) -> ClassMatches:
-    """All classes' detections pooled (micro averaging)."""
-    pooled = ClassMatches()
-    for name in classes if classes is not None else per_class:
-        m = per_class[name]
-        pooled.add(m.scores, m.is_tp, m.n_gold)
-    return pooled
-
-
-def micro_prf(per_class: dict[str, ClassMatches], thresholds: dict[str, float]) -> dict[str, float]:
-    """Micro precision / recall / F1 with a threshold per class."""
-    tp = kept = gold = 0
-    for name, m in per_class.items():
-        keep = m.scores >= thresholds[name]
-        tp, kept, gold = tp + int(m.is_tp[keep].sum()), kept + int(keep.sum()), gold + m.n_gold
-    precision = tp / kept if kept else 0.0
-    recall = tp / gold if gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "kept": kept, "gold": gold}
-
-
-def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequence[str],
-                         target_precision: float | None = None, floor: float = 0.0,
-                         criterion: str = "micro-f1") -> dict[str, Any]:
-    """thresholds.json's content from the matched detections of each category (see the module docstring).
-
-    per_class holds the categories the gold set boxes (n_gold > 0 there); the others fall back to the
-    global threshold (best micro F1 over the boxed categories, or the target precision when given).
-    criterion ("micro-f1" or "class-f1") applies when no target_precision is given.
-    """
-    if criterion not in CRITERIA:
-        raise ValueError(f"criterion must be one of {', '.join(CRITERIA)}, got {criterion!r}")
-    boxed = [c for c in categories if c in per_class and per_class[c].n_gold > 0]
-    if not boxed:
-        raise ValueError("the gold set boxes none of the classes: nothing to calibrate on")
-    pooled = micro_matches(per_class, boxed)
-    global_threshold, global_met = choose_threshold(pooled.scores, pooled.is_tp, pooled.n_gold, target_precision)
-    if global_threshold is None:
-        raise ValueError("the model found none of the gold boxes (no true positive at IoU 0.5): "
-                         "no threshold can be calibrated")
-    joint: dict[str, float] = {}
-    if target_precision is None and criterion == "micro-f1":
-        no_tp = {c: global_threshold for c in boxed if not per_class[c].is_tp.any()}
-        start = micro_prf({c: per_class[c] for c in boxed}, dict.fromkeys(boxed, global_threshold))["f1"]
-        joint = micro_f1_thresholds({c: per_class[c] for c in boxed}, no_tp, start)
-    thresholds: dict[str, float] = {}
-    classes: dict[str, Any] = {}
-    for name in categories:
-        m = per_class.get(name)
-        if m is None or m.n_gold == 0:
-            thresholds[name] = global_threshold
-            classes[name] = {"threshold": global_threshold, "source": "fallback", "gold_boxes": 0}
-            continue
-        if joint:
-            chosen, met = joint.get(name), True
-        else:
-            chosen, met = choose_threshold(m.scores, m.is_tp, m.n_gold, target_precision)
-        source = "gold" if chosen is not None else "fallback"
-        chosen = max(floor, chosen) if chosen is not None else global_threshold
-        thresholds[name] = chosen
-        classes[name] = {
-            "threshold": chosen, "source": source, "gold_boxes": m.n_gold,
-            **({"target_met": met} if target_precision is not None and source == "gold" else {}),
-            "at_threshold": prf_at(m.scores, m.is_tp, m.n_gold, chosen),
-            "at_global": prf_at(m.scores, m.is_tp, m.n_gold, global_threshold),
-        }  # fmt: skip
-    gold_only = {c: thresholds[c] for c in boxed}
-    return {
-        "version": THRESHOLDS_VERSION,
-        "criterion": criterion if target_precision is None else f"precision>={target_precision}",
-        "iou": MATCH_IOU,
-        "default": global_threshold,
-        "thresholds": thresholds,
-        "classes": classes,
-        "global": {"threshold": global_threshold, **({"target_met": global_met} if target_precision else {}),
-                   **micro_prf({c: per_class[c] for c in boxed}, dict.fromkeys(boxed, global_threshold))},
-        "per_class_micro": micro_prf({c: per_class[c] for c in boxed}, gold_only),
-    }
 
 
 # ------------------------------------------------------------------------------------------- running the model
@@ -288,6 +104,7 @@ def collect_matches(predictor, gold: str | Path, ontology: Ontology, floor: floa
                                                                           if v is not None})}
     unreadable: list[dict[str, str]] = []
     images = data["images"]
+    index_of = {id(entry): i for i, entry in enumerate(images)}  # a box's image, for validation by folds
     batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
     if progress:
         from tqdm.auto import tqdm
@@ -305,6 +122,7 @@ def collect_matches(predictor, gold: str | Path, ontology: Ontology, floor: floa
         else:
             found = predictor.predict(pil, ontology.phrases, threshold=floor, batch_size=batch_size)
         for (entry, image), det in zip(loaded, found, strict=True):
+            image_number = index_of[id(entry)]
             det = postprocess_for_ontology(det, bare, post, (image.width, image.height))
             gold_here = boxes_of.get(entry["id"], [])
             for name in per_class:
@@ -312,7 +130,7 @@ def collect_matches(predictor, gold: str | Path, ontology: Ontology, floor: floa
                 mine = det.select(det.labels == category)
                 gold_boxes = np.array([xywh_to_xyxy(b) for c, b in gold_here if c == category]).reshape(-1, 4)
                 per_class[name].add(mine.scores, match_detections(mine.boxes, mine.scores, gold_boxes),
-                                    len(gold_boxes))
+                                    len(gold_boxes), image_number)
     if len(unreadable) == len(images):
         raise ValueError(f"none of the {len(images)} gold images could be read (first: {unreadable[0]})")
     return per_class, {"images": len(images), "unreadable": unreadable, "gold_classes_not_labeled": not_labeled}
