@@ -74,6 +74,18 @@ def test_one_dtype_table_parses_every_spelling_and_rejects_the_rest():
         parse_amp("fp32")
 
 
+def test_a_run_records_the_dtype_under_one_spelling(tmp_path):
+    """`--dtype half` then `--resume --dtype fp16` is the same run: run.json keeps the table's name."""
+    from glip_label.runs.annotate import run_key_for
+    from glip_label.runs.annotate_options import AnnotateOptions
+    from glip_label.runs.ontology import load_ontology
+
+    ontology = load_ontology(prompt="cat. dog.")
+    keys = [run_key_for(AnnotateOptions(source="", out=tmp_path, dtype=spelling), ontology, tmp_path, None)
+            for spelling in ("half", "fp16", "float16")]
+    assert [k["dtype"] for k in keys] == ["fp16"] * 3 and keys[0] == keys[1] == keys[2]
+
+
 def test_agreement_counts_only_close_boxes_of_the_same_phrase():
     ref = Detections([[0, 0, 99, 99], [200, 200, 299, 299], [0, 0, 10, 10]], [0.8, 0.5, 0.2], [0, 1, 0], [])
     same = Detections(ref.boxes + 0.5, ref.scores + 0.01, ref.labels, [])

@@ -137,7 +137,8 @@ def test_torchrun_two_processes_follow_the_one_process_loss_curve(shapes, tmp_pa
     one, two = tmp_path / "one", tmp_path / "two"
     subprocess.run([sys.executable, str(WORKER), *common, "--batch-size", "2", "--out", str(one)], check=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29561", str(WORKER), *common,
+    # --standalone: a rendezvous on a free local port, so two suites on one machine do not collide
+    subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", str(WORKER), *common,
                     "--batch-size", "1", "--out", str(two)], check=True, env=env)
     curve_one, curve_two = _losses(one), _losses(two)
     assert len(curve_one) == len(curve_two) == 4

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from glip_label.data.image_discovery import discover_images
 from glip_label.data.images import ImageError, LoadedImage, iter_images
+from glip_label.precision import dtype_name, parse_dtype
 from glip_label.report import write_annotate_report
 from glip_label.runs.annotate_labeler import AnnotateLabeler
 from glip_label.runs.annotate_options import AnnotateOptions, AnnotateSummary
@@ -51,7 +52,7 @@ def run_key_for(options: AnnotateOptions, ontology: Ontology, root: Path, predic
         "max_dets": options.max_dets,
         "min_box_size": options.min_box_size,
         "batch_size": options.batch_size,
-        "dtype": options.dtype,
+        "dtype": dtype_name(parse_dtype(options.dtype)),  # "half" and "fp16" are one run
         "image_root": str(root),
         "shard": options.shard,
         "max_pixels": options.max_pixels,

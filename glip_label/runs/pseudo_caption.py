@@ -33,6 +33,7 @@ from glip_label import __version__
 from glip_label.data.captions import CaptionError, CaptionItem, iter_captions, load_caption_image
 from glip_label.data.images import LoadedImage
 from glip_label.io import atomic_open, atomic_write_json
+from glip_label.precision import dtype_name, parse_dtype
 from glip_label.records import clip_to_image
 from glip_label.report import write_pseudo_caption_report
 from glip_label.runs.engine import label_into_journal
@@ -276,7 +277,7 @@ def run_key_for(options: PseudoCaptionOptions, finder: PhraseFinder, weights: st
         "classes": finder.class_names,
         "box_floor": options.box_floor,
         "batch_size": options.batch_size,
-        "dtype": options.dtype,
+        "dtype": dtype_name(parse_dtype(options.dtype)),  # "half" and "fp16" are one run
         "shard": options.shard,
         "max_pixels": options.max_pixels,
         **({"tta": options.tta_options().to_dict()} if options.tta else {}),
