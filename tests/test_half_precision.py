@@ -74,6 +74,15 @@ def test_one_dtype_table_parses_every_spelling_and_rejects_the_rest():
         parse_amp("fp32")
 
 
+def test_half_precision_on_cpu_is_flagged_as_slow(capsys):
+    from glip_label.cli.app import check_device_and_dtype
+
+    check_device_and_dtype("cpu", "bf16")
+    assert "much slower than fp32" in capsys.readouterr().err
+    check_device_and_dtype("cpu", "fp32")
+    assert capsys.readouterr().err == ""
+
+
 def test_a_run_records_the_dtype_under_one_spelling(tmp_path):
     """`--dtype half` then `--resume --dtype fp16` is the same run: run.json keeps the table's name."""
     from glip_label.runs.annotate import run_key_for
