@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -83,8 +84,6 @@ def test_calibrated_beats_global_on_two_kinds_of_class():
 
 def _brute_force_micro_f1(per_class: dict[str, ClassMatches]) -> float:
     """The best micro F1 over every combination of per-class thresholds (each class keeps >= 1 box)."""
-    import itertools
-
     names = list(per_class)
     options = [sorted(set(per_class[n].scores.tolist())) for n in names]
     combos = itertools.product(*options)

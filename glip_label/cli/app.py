@@ -53,11 +53,11 @@ def fail(message: str) -> NoReturn:
 
 def check_device_and_dtype(device: str | None, dtype: str | None = None, amp: str | None = None) -> None:
     """--device / --dtype / --amp checked before any work: one error line and exit 2 (e.g. cuda without a GPU)."""
-    from glip_label.precision import check_device, parse_amp, parse_dtype
+    from glip_label.precision import HALF_DTYPES, check_device, parse_amp, parse_dtype
 
     try:
         check_device(device)
-        half = dtype is not None and parse_dtype(dtype) != parse_dtype("fp32")
+        half = dtype is not None and parse_dtype(dtype) in HALF_DTYPES
         parse_amp(amp)
     except ValueError as exc:
         fail(str(exc))

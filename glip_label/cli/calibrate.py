@@ -42,7 +42,7 @@ def calibrate(
     model: ModelOpt = "glip-t",
     config: ConfigOpt = None,
     target_precision: Annotated[float | None, typer.Option(help="Per class, the lowest threshold reaching this "
-                                                           "precision (default: the threshold of best F1).")] = None,
+                                                           "precision (instead of --criterion).")] = None,
     criterion: Annotated[str, typer.Option(help="micro-f1: the thresholds that together give the labels their best "
                                            "micro F1 (every box counts once); class-f1: each class's own best F1 "
                                            "(keeps more wrong boxes of weak classes).")] = "micro-f1",

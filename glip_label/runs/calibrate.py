@@ -104,25 +104,24 @@ def collect_matches(predictor, gold: str | Path, ontology: Ontology, floor: floa
                                                                           if v is not None})}
     unreadable: list[dict[str, str]] = []
     images = data["images"]
-    index_of = {id(entry): i for i, entry in enumerate(images)}  # a box's image, for validation by folds
-    batches = [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+    numbered = list(enumerate(images))  # a box's image number, for validation by folds
+    batches = [numbered[i : i + batch_size] for i in range(0, len(numbered), batch_size)]
     if progress:
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, desc="calibrate", unit="batch")
     for batch in batches:
-        loaded = [(entry, load_image(root, entry["file_name"])) for entry in batch]
-        unreadable += [x.to_dict() for _, x in loaded if isinstance(x, ImageError)]
-        loaded = [(e, x) for e, x in loaded if not isinstance(x, ImageError)]
+        loaded = [(number, entry, load_image(root, entry["file_name"])) for number, entry in batch]
+        unreadable += [x.to_dict() for _, _, x in loaded if isinstance(x, ImageError)]
+        loaded = [(n, e, x) for n, e, x in loaded if not isinstance(x, ImageError)]
         if not loaded:
             continue
-        pil = [x.image for _, x in loaded]
+        pil = [x.image for _, _, x in loaded]
         if tta is not None:
             found = predict_tta(predictor, pil, ontology.phrases, tta, threshold=floor, batch_size=batch_size)
         else:
             found = predictor.predict(pil, ontology.phrases, threshold=floor, batch_size=batch_size)
-        for (entry, image), det in zip(loaded, found, strict=True):
-            image_number = index_of[id(entry)]
+        for (image_number, entry, image), det in zip(loaded, found, strict=True):
             det = postprocess_for_ontology(det, bare, post, (image.width, image.height))
             gold_here = boxes_of.get(entry["id"], [])
             for name in per_class:

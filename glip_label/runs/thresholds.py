@@ -189,16 +189,12 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
     boxed = [c for c in categories if c in per_class and per_class[c].n_gold > 0]
     if not boxed:
         raise ValueError("the gold set boxes none of the classes: nothing to calibrate on")
-    pooled = micro_matches(per_class, boxed)
-    global_threshold, global_met = choose_threshold(pooled.scores, pooled.is_tp, pooled.n_gold, target_precision)
-    if global_threshold is None:
-        raise ValueError("the model found none of the gold boxes (no true positive at IoU 0.5): "
-                         "no threshold can be calibrated")
+    boxed_matches = {c: per_class[c] for c in boxed}
+    global_threshold, global_met = pooled_threshold(boxed_matches, target_precision)
     joint: dict[str, float] = {}
     validation = None
     if target_precision is None and criterion == "micro-f1":
-        boxed_matches = {c: per_class[c] for c in boxed}
-        _, joint = micro_f1_choice(boxed_matches)  # its global threshold is global_threshold (same pooling)
+        joint = joint_thresholds(boxed_matches, global_threshold)
         validation = cross_validate(boxed_matches)
         if validation is None:
             log.warning("per-class thresholds not validated: fewer than %d gold images (or boxes of unknown "
@@ -239,26 +235,32 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
         "thresholds": thresholds,
         "classes": classes,
         "global": {"threshold": global_threshold, **({"target_met": global_met} if target_precision else {}),
-                   **micro_prf({c: per_class[c] for c in boxed}, dict.fromkeys(boxed, global_threshold))},
-        "per_class_micro": micro_prf({c: per_class[c] for c in boxed}, gold_only),
+                   **micro_prf(boxed_matches, dict.fromkeys(boxed, global_threshold))},
+        "per_class_micro": micro_prf(boxed_matches, gold_only),
         "validation": validation,
     }
 
 
 
-def micro_f1_choice(per_class: dict[str, ClassMatches]) -> tuple[float, dict[str, float]]:
-    """(global threshold of best micro F1, per-class thresholds of best micro F1 together) for these classes.
-
-    Raises ValueError when no class has a true positive (no threshold can be chosen)."""
+def pooled_threshold(per_class: dict[str, ClassMatches], target_precision: float | None = None,
+                     ) -> tuple[float, bool]:
+    """The single threshold for all these classes pooled (best micro F1, or the target precision): (threshold,
+    met). Raises ValueError when no class has a true positive (no threshold can be chosen)."""
     pooled = micro_matches(per_class)
-    global_threshold, _ = choose_threshold(pooled.scores, pooled.is_tp, pooled.n_gold)
-    if global_threshold is None:
+    threshold, met = choose_threshold(pooled.scores, pooled.is_tp, pooled.n_gold, target_precision)
+    if threshold is None:
         raise ValueError("the model found none of the gold boxes (no true positive at IoU 0.5): "
                          "no threshold can be calibrated")
+    return threshold, met
+
+
+def joint_thresholds(per_class: dict[str, ClassMatches], global_threshold: float) -> dict[str, float]:
+    """Per-class thresholds of best micro F1 together, climbing from the global threshold; classes without a
+    true positive keep the global one."""
     no_tp = {c: global_threshold for c, m in per_class.items() if not m.is_tp.any()}
     start = micro_prf(per_class, dict.fromkeys(per_class, global_threshold))["f1"]
     joint = micro_f1_thresholds(per_class, no_tp, start)
-    return global_threshold, {c: joint.get(c, global_threshold) for c in per_class}
+    return {c: joint.get(c, global_threshold) for c in per_class}
 
 
 def cross_validate(per_class: dict[str, ClassMatches], folds: int = VALIDATION_FOLDS) -> dict[str, Any] | None:
@@ -280,9 +282,10 @@ def cross_validate(per_class: dict[str, ClassMatches], folds: int = VALIDATION_F
         fit = {c: m.of_images(np.setdiff1d(images, held)) for c, m in per_class.items()}
         scored = {c: m.of_images(held) for c, m in per_class.items()}
         try:
-            global_threshold, joint = micro_f1_choice(fit)
+            global_threshold, _ = pooled_threshold(fit)
         except ValueError:  # no true positive in this fold's fitting images: both kinds alike, skip it
             continue
+        joint = joint_thresholds(fit, global_threshold)
         for kind, thresholds in (("per_class", joint), ("global", dict.fromkeys(per_class, global_threshold))):
             r = micro_prf(scored, thresholds)
             counts[kind] += (r["tp"], r["kept"], r["gold"])
@@ -292,5 +295,5 @@ def cross_validate(per_class: dict[str, ClassMatches], folds: int = VALIDATION_F
 
 
 __all__ = ["CRITERIA", "ClassMatches", "MATCH_IOU", "PRCurve", "THRESHOLDS_VERSION", "VALIDATION_FOLDS",
-           "calibrate_thresholds", "choose_threshold", "cross_validate", "micro_f1_choice", "micro_f1_thresholds",
-           "micro_matches", "micro_prf", "pr_curve", "prf_at"]
+           "calibrate_thresholds", "choose_threshold", "cross_validate", "joint_thresholds", "micro_f1_thresholds",
+           "micro_matches", "micro_prf", "pooled_threshold", "pr_curve", "prf_at"]
