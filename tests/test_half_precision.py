@@ -83,6 +83,18 @@ def test_half_precision_on_cpu_is_flagged_as_slow(capsys):
     assert capsys.readouterr().err == ""
 
 
+def test_every_labeling_command_flags_half_precision_on_cpu(tmp_path):
+    """The note comes from the commands' shared --device/--dtype check, before any model or data is read."""
+    missing = str(tmp_path / "missing.coco.json")
+    for args in (["annotate", str(tmp_path / "no-images"), "--prompt", "cat."],
+                 ["calibrate", "--gold", missing, "--prompt", "cat.", "--model", str(tmp_path / "none.pth")],
+                 ["evaluate", "--val", missing, "--model", str(tmp_path / "none.pth")]):
+        result = runner.invoke(app, [*args, "--dtype", "bf16", "--out" if args[0] != "evaluate" else "--json",
+                                     str(tmp_path / "out")])
+        assert "much slower than fp32" in result.output, (args[0], result.output)
+        assert result.exit_code != 0, (args[0], result.output)  # and it still refuses the missing input
+
+
 def test_a_run_records_the_dtype_under_one_spelling(tmp_path):
     """`--dtype half` then `--resume --dtype fp16` is the same run: run.json keeps the table's name."""
     from glip_label.runs.annotate import run_key_for
@@ -267,6 +279,7 @@ COMMANDS_WITH_DEVICE = {
     "pseudo-caption": ["pseudo-caption", str(REPO / "examples" / "captions.jsonl")],
     "train-student": ["train-student", "--gold", str(REPO / "examples" / "gold.coco.json")],
     "evaluate": ["evaluate", "--val", str(REPO / "examples" / "gold.coco.json")],
+    "calibrate": ["calibrate", "--gold", str(REPO / "examples" / "gold.coco.json"), "--prompt", "person."],
 }
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from glip_label.cli.app import app, fail, setup_logging
+from glip_label.cli.app import app, check_device_and_dtype, fail, setup_logging
 from glip_label.cli.option_map import OptionMap, command_params, parse_tta_scales, path_text
 from glip_label.cli.params import DEVICE_PARAMS, TTA_PARAMS, ConfigOpt, ModelOpt, VerboseOpt, with_params
 
@@ -67,6 +67,7 @@ def calibrate(
     from glip_label.tta import TTAOptions
 
     setup_logging(verbose)
+    check_device_and_dtype(params["device"], params["dtype"])
     try:
         tta_options = (TTAOptions(scales=parse_tta_scales(params["tta_scales"]), merge=params["tta_merge"])
                        if params["tta"] else None)
