@@ -3,8 +3,9 @@
 One threshold for every class gives too many boxes for some classes and none for others. With a small
 gold set (tens of images boxed for the classes to label), the teacher's boxes on it are matched to the
 gold boxes (IoU >= 0.5, greedy by score as in COCO), which gives each class its precision-recall curve.
-The criteria (micro F1 of the labels by default, validated on folds of the gold images; each class's own
-F1; a target precision) are in `glip_label.runs.thresholds`.
+The criteria (micro F1 of the labels by default, each class moved from one global threshold only as far as
+its gold boxes give evidence; each class's own F1; one global threshold; a target precision) are in
+`glip_label.runs.thresholds`.
 
 Outputs (OUT/): thresholds.json (read by `annotate --thresholds` / `pseudo-caption --thresholds` through
 `glip_label.runs.ontology.read_thresholds`),
@@ -29,6 +30,7 @@ from glip_label.runs.annotate_options import AnnotateOptions
 from glip_label.runs.ontology import Ontology, apply_thresholds, load_ontology, ontology_yaml
 from glip_label.runs.thresholds import (
     CRITERIA,
+    EVIDENCE,
     MATCH_IOU,
     ClassMatches,
     PRCurve,
@@ -153,6 +155,7 @@ class CalibrateOptions:
     config: str | list[str] | None = None  # a preset, a yaml, or yamls merged in order (repeatable --config)
     target_precision: float | None = None
     criterion: str = "micro-f1"
+    evidence: float = EVIDENCE
     floor: float = 0.05
     batch_size: int = 1
     device: str = "cpu"
@@ -164,6 +167,8 @@ class CalibrateOptions:
             raise ValueError(f"--target-precision must be in (0, 1], got {self.target_precision}")
         if self.criterion not in CRITERIA:
             raise ValueError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
+        if not 0.0 <= self.evidence < 1.0:
+            raise ValueError(f"--evidence must be in [0, 1), got {self.evidence}")
         if not 0.0 <= self.floor < 1.0:
             raise ValueError(f"--floor must be in [0, 1), got {self.floor}")
         if self.batch_size < 1:
@@ -181,7 +186,7 @@ def calibrate(options: CalibrateOptions, predictor=None, progress: bool = False)
     per_class, info = collect_matches(predictor, options.gold, ontology, options.floor, options.batch_size,
                                       options.tta, progress)
     result = calibrate_thresholds(per_class, ontology.categories, options.target_precision, options.floor,
-                                  options.criterion)
+                                  options.criterion, options.evidence)
     result.update({"model": options.model, "gold": str(options.gold), "floor": options.floor,
                    "tta": options.tta.to_dict() if options.tta is not None else None, "gold_info": info})
     out = Path(options.out)
