@@ -169,6 +169,22 @@ def measure(out: Path, world, teacher: Path, merges: list[str]) -> dict:
     return result
 
 
+def markdown_table(results: dict) -> str:
+    """The README's table from the results file: held-out micro F1 per seed and the resampled draws."""
+    lines = ["| seed | one global threshold (best on the 32) | calibrate (default) | `--evidence 0` (exact optimum "
+             "on the 32) | `--criterion class-f1` | 100 draws of 32: default's mean gain, draws won / lost |",
+             "|---|---|---|---|---|---|"]
+    for seed, r in results["seeds"].items():
+        held, draws = r["held_out"], r["draws"]["per_class"]
+        f1 = {name: f"{held[name]['f1']:.3f}" for name in held}
+        best = max(held[name]["f1"] for name in ("per_class", "global"))
+        f1 = {name: f"**{v}**" if name == "per_class" and held[name]["f1"] == best > held["global"]["f1"] else v
+              for name, v in f1.items()}
+        lines.append(f"| {seed} | {f1['global']} | {f1['per_class']} | {f1['per_class_exact']} | {f1['class_f1']} | "
+                     f"{draws['mean_gain']:+.3f}, {draws['wins']:.0%} / {draws['losses']:.0%} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -179,7 +195,11 @@ def main() -> None:
     parser.add_argument("--merges", nargs="*", default=["nms", "wbf"], choices=["nms", "wbf"],
                         help="TTA merges to measure (none: no TTA, thresholds only)")
     parser.add_argument("--teachers-only", action="store_true", help="only build worlds and train teachers")
+    parser.add_argument("--table", action="store_true", help="print the README's table from --results and stop")
     args = parser.parse_args()
+    if args.table:
+        print(markdown_table(json.loads(args.results.read_text())))
+        return
     logging.basicConfig(level=logging.INFO)
     results = {}
     for seed in args.seeds:
