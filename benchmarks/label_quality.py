@@ -10,7 +10,8 @@ reused on later runs), then
      demo does);
   2. the same comparison over 100 random draws of 32 gold pictures from the 200 held-out ones (thresholds
      chosen on the draw, scored on the other 168): mean micro F1 gain over the global threshold and how often
-     each criterion beats it / loses to it; one draw of 32 pictures is a small sample;
+     each criterion beats it / loses to it; one draw of 32 pictures is a small sample (and the same with 64
+     gold pictures, `--draw-sizes`, to see what boxing more pictures buys);
   3. box AP (COCO) of the teacher on the 200 held-out pictures without and with `--tta`, and the time
      each takes in this one run (ratio).
 
@@ -96,8 +97,29 @@ class _TTAPredictor:
         return predict_tta(self.predictor, images, prompt, self.options, threshold=threshold, batch_size=batch_size)
 
 
-# the criteria compared with the global threshold: keyword arguments of calibrate_thresholds
-CRITERIA = {"per_class": {}, "per_class_exact": {"evidence": 0.0}, "class_f1": {"criterion": "class-f1"}}
+# the criteria compared with the global threshold: keyword arguments of calibrate_thresholds, or None for the
+# previous default (the exact optimum, kept only when it beats the global threshold on folds of the gold images)
+CRITERIA = {"per_class": {}, "per_class_exact": {"evidence": 0.0}, "class_f1": {"criterion": "class-f1"},
+            "fold_gated_exact": None}
+
+
+def choose_thresholds(matches, categories) -> dict[str, dict]:
+    """calibrate_thresholds' result under each of CRITERIA."""
+    from glip_label.runs.thresholds import calibrate_thresholds
+
+    chosen = {name: calibrate_thresholds(matches, categories, **kwargs)
+              for name, kwargs in CRITERIA.items() if kwargs is not None}
+    exact = chosen["per_class_exact"]
+    folds = exact["validation"]
+    won = folds is not None and folds["per_class_f1"] > folds["global_f1"]
+    gated = dict(exact, thresholds=exact["thresholds"] if won else dict.fromkeys(categories, exact["default"]))
+    return {**chosen, "fold_gated_exact": dict(gated, per_class_micro=micro_prf(matches, gated["thresholds"]))}
+
+
+def micro_prf(matches, thresholds):
+    from glip_label.runs.thresholds import micro_prf as prf
+
+    return prf(matches, {c: thresholds[c] for c in matches})
 
 
 def resampled_draws(held_matches, categories, draws: int = N_DRAWS, size: int = N_CALIBRATION, seed: int = 0) -> dict:
@@ -106,8 +128,6 @@ def resampled_draws(held_matches, categories, draws: int = N_DRAWS, size: int = 
     beats / loses to it."""
     import numpy as np
 
-    from glip_label.runs.thresholds import calibrate_thresholds, micro_prf
-
     images = np.unique(np.concatenate([m.images() for m in held_matches.values()]))
     rng = np.random.default_rng(seed)
     gains: dict[str, list[float]] = {name: [] for name in CRITERIA}
@@ -115,21 +135,33 @@ def resampled_draws(held_matches, categories, draws: int = N_DRAWS, size: int = 
         drawn = rng.choice(images, size, replace=False)
         fit = {c: m.of_images(drawn) for c, m in held_matches.items()}
         scored = {c: m.of_images(np.setdiff1d(images, drawn)) for c, m in held_matches.items()}
-        baseline = None
-        for name, kwargs in CRITERIA.items():
-            chosen = calibrate_thresholds(fit, categories, **kwargs)
-            if baseline is None:
-                baseline = micro_prf(scored, dict.fromkeys(categories, chosen["default"]))["f1"]
-            gains[name].append(micro_prf(scored, chosen["thresholds"])["f1"] - baseline)
+        chosen = choose_thresholds(fit, categories)
+        baseline = micro_prf(scored, dict.fromkeys(categories, chosen["per_class"]["default"]))["f1"]
+        for name, result in chosen.items():
+            gains[name].append(micro_prf(scored, result["thresholds"])["f1"] - baseline)
     return {"draws": draws, "size": size,
             **{name: {"mean_gain": float(np.mean(g)), "wins": float(np.mean(np.array(g) > 1e-12)),
                       "losses": float(np.mean(np.array(g) < -1e-12))} for name, g in gains.items()}}
 
 
-def measure(out: Path, world, teacher: Path, merges: list[str]) -> dict:
+def matches(out: Path, predictor, calibration: str, held_out: str, ontology):
+    """The teacher's boxes matched to the gold ones on the calibration and held-out pictures, kept in
+    out/matches.pkl (the model and pictures of a seed do not change; delete it to recompute)."""
+    import pickle
+
+    from glip_label.runs.calibrate import collect_matches
+
+    cache = out / "matches.pkl"
+    if cache.exists():
+        return pickle.loads(cache.read_bytes())
+    found = (collect_matches(predictor, calibration, ontology)[0], collect_matches(predictor, held_out, ontology)[0])
+    cache.write_bytes(pickle.dumps(found))
+    return found
+
+
+def measure(out: Path, world, teacher: Path, merges: list[str], draw_sizes: tuple[int, ...] = ()) -> dict:
     """Calibrated vs global thresholds (micro P/R/F1 at IoU 0.5 on the held-out pictures) and AP +- TTA."""
     from glip_label.predictor import load_model
-    from glip_label.runs.calibrate import calibrate_thresholds, collect_matches, micro_prf
     from glip_label.runs.ontology import Ontology
     from glip_label.train.evaluate import evaluate_detection
     from glip_label.tta import TTAOptions
@@ -137,10 +169,8 @@ def measure(out: Path, world, teacher: Path, merges: list[str]) -> dict:
     held_out, calibration = split_val(world, out)
     predictor = load_model(teacher)
     ontology = Ontology.from_names(list(world.categories))
-    cal_matches, _ = collect_matches(predictor, calibration, ontology)
-    held_matches, _ = collect_matches(predictor, held_out, ontology)
-    chosen = {name: calibrate_thresholds(cal_matches, ontology.categories, **kwargs)
-              for name, kwargs in CRITERIA.items()}
+    cal_matches, held_matches = matches(out, predictor, calibration, held_out, ontology)
+    chosen = choose_thresholds(cal_matches, ontology.categories)
     atomic_write_json(out / "thresholds.json", chosen["per_class"])
     global_threshold = chosen["per_class"]["default"]
     result = {
@@ -154,6 +184,7 @@ def measure(out: Path, world, teacher: Path, merges: list[str]) -> dict:
         "held_out": {"global": micro_prf(held_matches, dict.fromkeys(ontology.categories, global_threshold)),
                      **{name: micro_prf(held_matches, c["thresholds"]) for name, c in chosen.items()}},
         "draws": resampled_draws(held_matches, ontology.categories),
+        "draws_by_size": {str(n): resampled_draws(held_matches, ontology.categories, size=n) for n in draw_sizes},
     }
     gold_path = held_out.rsplit("@", 1)
     start = time.perf_counter()
@@ -172,16 +203,21 @@ def measure(out: Path, world, teacher: Path, merges: list[str]) -> dict:
 def markdown_table(results: dict) -> str:
     """The README's table from the results file: held-out micro F1 per seed and the resampled draws."""
     lines = ["| seed | one global threshold (best on the 32) | calibrate (default) | `--evidence 0` (exact optimum "
-             "on the 32) | `--criterion class-f1` | 100 draws of 32: default's mean gain, draws won / lost |",
-             "|---|---|---|---|---|---|"]
+             "on the 32) | exact, kept if it wins on folds (previous default) | `--criterion class-f1` | 100 draws "
+             "of 32, mean gain and draws won / lost: default | previous default | the same with 64 gold pictures: "
+             "default |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for seed, r in results["seeds"].items():
-        held, draws = r["held_out"], r["draws"]["per_class"]
+        held, draws = r["held_out"], r["draws"]
         f1 = {name: f"{held[name]['f1']:.3f}" for name in held}
-        best = max(held[name]["f1"] for name in ("per_class", "global"))
-        f1 = {name: f"**{v}**" if name == "per_class" and held[name]["f1"] == best > held["global"]["f1"] else v
-              for name, v in f1.items()}
-        lines.append(f"| {seed} | {f1['global']} | {f1['per_class']} | {f1['per_class_exact']} | {f1['class_f1']} | "
-                     f"{draws['mean_gain']:+.3f}, {draws['wins']:.0%} / {draws['losses']:.0%} |")
+        if held["per_class"]["f1"] > held["global"]["f1"]:
+            f1["per_class"] = f"**{f1['per_class']}**"
+        lines.append(f"| {seed} | {f1['global']} | {f1['per_class']} | {f1['per_class_exact']} | "
+                     f"{f1['fold_gated_exact']} | {f1['class_f1']} | " + " | ".join(
+                         f"{draws[name]['mean_gain']:+.3f}, {draws[name]['wins']:.0%} / {draws[name]['losses']:.0%}"
+                         for name in ("per_class", "fold_gated_exact")) + " | " + (
+                         "{mean_gain:+.3f}, {wins:.0%} / {losses:.0%}".format(**r["draws_by_size"]["64"]["per_class"])
+                         if "64" in r.get("draws_by_size", {}) else "-") + " |")
     return "\n".join(lines)
 
 
@@ -195,6 +231,8 @@ def main() -> None:
     parser.add_argument("--merges", nargs="*", default=["nms", "wbf"], choices=["nms", "wbf"],
                         help="TTA merges to measure (none: no TTA, thresholds only)")
     parser.add_argument("--teachers-only", action="store_true", help="only build worlds and train teachers")
+    parser.add_argument("--draw-sizes", type=int, nargs="*", default=[64],
+                        help="also draw this many gold pictures (of the 200 held-out) to see what more gold buys")
     parser.add_argument("--table", action="store_true", help="print the README's table from --results and stop")
     args = parser.parse_args()
     if args.table:
@@ -207,11 +245,16 @@ def main() -> None:
         world, teacher = prepare_teacher(out, seed, args.teacher_steps)
         if args.teachers_only:
             continue
-        results[seed] = measure(out, world, teacher, args.merges)
+        results[seed] = measure(out, world, teacher, args.merges, tuple(args.draw_sizes))
         print(json.dumps({"seed": seed, **results[seed]}, indent=1))
     if results:  # merged into earlier seeds' results (a seed measured again replaces its entry)
         earlier = json.loads(args.results.read_text()).get("seeds", {}) if args.results.exists() else {}
-        merged = {**earlier, **{str(seed): r for seed, r in results.items()}}
+        merged = dict(earlier)
+        for seed, r in results.items():  # a run without some TTA merges keeps the earlier run's AP of them
+            before = earlier.get(str(seed), {})
+            timed_tta = any(key.startswith("tta") for key in r["seconds"])  # else keep the earlier run's times
+            merged[str(seed)] = {**before, **r, "ap": {**before.get("ap", {}), **r["ap"]},
+                                 "seconds": r["seconds"] if timed_tta else before.get("seconds", r["seconds"])}
         atomic_write_json(args.results, {"args": {k: str(v) for k, v in vars(args).items()},
                                          "seeds": dict(sorted(merged.items(), key=lambda kv: int(kv[0])))})
 
