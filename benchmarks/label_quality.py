@@ -32,6 +32,7 @@ from pathlib import Path
 
 from glip_label.io import atomic_write_json
 from glip_label.runs.demo import DemoOptions, demo_model_config
+from glip_label.runs.thresholds import calibrate_thresholds, micro_prf
 
 N_HELD_OUT = 200
 N_CALIBRATION = 32
@@ -105,8 +106,6 @@ CRITERIA = {"per_class": {}, "per_class_exact": {"evidence": 0.0}, "class_f1": {
 
 def choose_thresholds(matches, categories) -> dict[str, dict]:
     """calibrate_thresholds' result under each of CRITERIA."""
-    from glip_label.runs.thresholds import calibrate_thresholds
-
     chosen = {name: calibrate_thresholds(matches, categories, **kwargs)
               for name, kwargs in CRITERIA.items() if kwargs is not None}
     exact = chosen["per_class_exact"]
@@ -114,12 +113,6 @@ def choose_thresholds(matches, categories) -> dict[str, dict]:
     won = folds is not None and folds["per_class_f1"] > folds["global_f1"]
     gated = dict(exact, thresholds=exact["thresholds"] if won else dict.fromkeys(categories, exact["default"]))
     return {**chosen, "fold_gated_exact": dict(gated, per_class_micro=micro_prf(matches, gated["thresholds"]))}
-
-
-def micro_prf(matches, thresholds):
-    from glip_label.runs.thresholds import micro_prf as prf
-
-    return prf(matches, {c: thresholds[c] for c in matches})
 
 
 def resampled_draws(held_matches, categories, draws: int = N_DRAWS, size: int = N_CALIBRATION, seed: int = 0) -> dict:

@@ -103,14 +103,18 @@ def pr_curve(scores: np.ndarray, is_tp: np.ndarray, n_gold: int) -> PRCurve:
     return PRCurve(thresholds, precision, recall, f1, tp, kept)
 
 
+def prf_of_counts(tp: int, kept: int, gold: int) -> dict[str, float]:
+    """Precision, recall, F1 (and the counts) of `kept` boxes of which `tp` are right, against `gold` boxes."""
+    precision = tp / kept if kept else 0.0
+    recall = tp / gold if gold else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "kept": kept, "gold": gold}
+
+
 def prf_at(scores: np.ndarray, is_tp: np.ndarray, n_gold: int, threshold: float) -> dict[str, float]:
     """Precision, recall, F1 (and counts) of the boxes scoring >= threshold."""
     keep = scores >= threshold
-    tp, kept = int(is_tp[keep].sum()), int(keep.sum())
-    precision = tp / kept if kept else 0.0
-    recall = tp / n_gold if n_gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "kept": kept, "gold": n_gold}
+    return prf_of_counts(int(is_tp[keep].sum()), int(keep.sum()), n_gold)
 
 
 def choose_threshold(scores: np.ndarray, is_tp: np.ndarray, n_gold: int, target_precision: float | None = None,
@@ -194,11 +198,10 @@ def micro_f1_thresholds(per_class: dict[str, ClassMatches], global_threshold: fl
     return best
 
 
-def micro_matches(per_class: dict[str, ClassMatches], classes: Sequence[str] | None = None) -> ClassMatches:
+def micro_matches(per_class: dict[str, ClassMatches]) -> ClassMatches:
     """All classes' detections pooled (micro averaging)."""
     pooled = ClassMatches()
-    for name in classes if classes is not None else per_class:
-        m = per_class[name]
+    for m in per_class.values():
         pooled.add(m.scores, m.is_tp, m.n_gold)
     return pooled
 
@@ -209,10 +212,7 @@ def micro_prf(per_class: dict[str, ClassMatches], thresholds: dict[str, float]) 
     for name, m in per_class.items():
         keep = m.scores >= thresholds[name]
         tp, kept, gold = tp + int(m.is_tp[keep].sum()), kept + int(keep.sum()), gold + m.n_gold
-    precision = tp / kept if kept else 0.0
-    recall = tp / gold if gold else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1, "tp": tp, "kept": kept, "gold": gold}
+    return prf_of_counts(tp, kept, gold)
 
 
 def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequence[str],
@@ -331,4 +331,4 @@ def cross_validate(per_class: dict[str, ClassMatches], folds: int = VALIDATION_F
 
 __all__ = ["CRITERIA", "EVIDENCE", "ClassMatches", "MATCH_IOU", "PRCurve", "THRESHOLDS_VERSION", "VALIDATION_FOLDS",
            "binomial_cdf", "calibrate_thresholds", "choose_threshold", "cross_validate", "micro_f1_thresholds",
-           "micro_matches", "micro_prf", "pooled_threshold", "pr_curve", "precision_above", "prf_at"]
+           "micro_matches", "micro_prf", "pooled_threshold", "pr_curve", "precision_above", "prf_at", "prf_of_counts"]
