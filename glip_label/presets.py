@@ -78,11 +78,10 @@ PRESET_TABLE: tuple[Preset, ...] = (
            config_fields={**swin_fields(32, (1, 1, 2, 1), (1, 2, 4, 8), window=7, drop_path=0.0), **_TOY_WIDTHS}),
 )
 
-PRESETS_BY_NAME: dict[str, Preset] = {preset.name: preset for preset in PRESET_TABLE}
 # What `--config` / `config=` take, in the table's order.
 ARCHITECTURE_NAMES: tuple[str, ...] = tuple(p.name for p in PRESET_TABLE if p.is_architecture)
 # What `--model` / `load_model(weights)` take besides a local file, in the table's order.
 HUB_PRESET_NAMES: tuple[str, ...] = tuple(p.name for p in PRESET_TABLE if p.hub_file is not None)
 
-__all__ = ["ARCHITECTURE_NAMES", "HUB_PRESET_NAMES", "HUB_REPO", "PRESETS_BY_NAME", "PRESET_TABLE", "Preset",
+__all__ = ["ARCHITECTURE_NAMES", "HUB_PRESET_NAMES", "HUB_REPO", "PRESET_TABLE", "Preset",
            "swin_fields"]

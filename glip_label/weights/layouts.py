@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from glip_label.config import PRESETS, GLIPConfig
-from glip_label.weights.keys import MODULE_PREFIX
+from glip_label.weights.keys import strip_module_prefix
 
 
 def shape_of(value: Any) -> tuple[int, ...]:
@@ -48,9 +48,7 @@ _TOWER_KEY = re.compile(r"^rpn\.head\.dyhead_tower\.(\d+)\.")
 
 
 def layout_of_shapes(state: Mapping[str, Any]) -> Layout:
-    keys = list(state)
-    if keys and all(k.startswith(MODULE_PREFIX) for k in keys):
-        state = {k[len(MODULE_PREFIX) :]: v for k, v in state.items()}
+    state = strip_module_prefix(state)
 
     def dim(key: str, axis: int) -> int | None:
         return shape_of(state[key])[axis] if key in state else None
