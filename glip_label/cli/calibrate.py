@@ -12,11 +12,11 @@ from rich.table import Table
 from glip_label.cli.app import app, check_device_and_dtype, fail, setup_logging
 from glip_label.cli.option_map import OptionMap, command_params, parse_tta_scales, path_text
 from glip_label.cli.params import DEVICE_PARAMS, TTA_PARAMS, ConfigOpt, ModelOpt, VerboseOpt, with_params
-from glip_label.runs.thresholds import EVIDENCE
+from glip_label.runs.calibrate_options import EVIDENCE
 
 # calibrate's CLI parameters -> CalibrateOptions fields; a parameter not named here sets the field of its name.
 CALIBRATE_OPTIONS = OptionMap(
-    "glip_label.runs.calibrate:CalibrateOptions",
+    "glip_label.runs.calibrate_options:CalibrateOptions",
     convert={"classes_file": path_text, "ontology": path_text},
     cli_only={"tta_merge": "folded with --tta and --tta-scales into the tta field (a TTAOptions)",
               "tta_scales": "folded with --tta and --tta-merge into the tta field (a TTAOptions)",

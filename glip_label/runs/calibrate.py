@@ -17,7 +17,6 @@ global one.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +26,9 @@ import torch
 from glip_label.io import atomic_write_json, atomic_write_text
 from glip_label.runs.annotate_labeler import postprocess_for_ontology
 from glip_label.runs.annotate_options import AnnotateOptions
+from glip_label.runs.calibrate_options import CalibrateOptions
 from glip_label.runs.ontology import Ontology, apply_thresholds, load_ontology, ontology_yaml
 from glip_label.runs.thresholds import (
-    CRITERIA,
-    EVIDENCE,
     MATCH_IOU,
     ClassMatches,
     PRCurve,
@@ -142,37 +140,6 @@ def _key(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------- the command
-
-
-@dataclass
-class CalibrateOptions:
-    gold: str
-    out: Path
-    prompt: str | None = None
-    classes_file: str | None = None
-    ontology: str | None = None
-    model: str | None = "glip-t"
-    config: str | list[str] | None = None  # a preset, a yaml, or yamls merged in order (repeatable --config)
-    target_precision: float | None = None
-    criterion: str = "micro-f1"
-    evidence: float = EVIDENCE
-    floor: float = 0.05
-    batch_size: int = 1
-    device: str = "cpu"
-    dtype: str = "fp32"
-    tta: Any = None  # glip_label.tta.TTAOptions or None
-
-    def validate(self) -> None:
-        if self.target_precision is not None and not 0.0 < self.target_precision <= 1.0:
-            raise ValueError(f"--target-precision must be in (0, 1], got {self.target_precision}")
-        if self.criterion not in CRITERIA:
-            raise ValueError(f"--criterion must be one of {', '.join(CRITERIA)}, got {self.criterion!r}")
-        if not 0.0 <= self.evidence < 1.0:
-            raise ValueError(f"--evidence must be in [0, 1), got {self.evidence}")
-        if not 0.0 <= self.floor < 1.0:
-            raise ValueError(f"--floor must be in [0, 1), got {self.floor}")
-        if self.batch_size < 1:
-            raise ValueError("--batch-size must be >= 1")
 
 
 def calibrate(options: CalibrateOptions, predictor=None, progress: bool = False) -> dict[str, Any]:

@@ -31,13 +31,13 @@ from typing import Any
 
 import numpy as np
 
+from glip_label.runs.calibrate_options import CRITERIA, EVIDENCE
+
 log = logging.getLogger(__name__)
 
 MATCH_IOU = 0.5
 THRESHOLDS_VERSION = 1
-CRITERIA = ("micro-f1", "class-f1", "global")
 VALIDATION_FOLDS = 8
-EVIDENCE = 0.75
 
 
 def _known(index: np.ndarray | None, n: int) -> np.ndarray:
