@@ -33,6 +33,7 @@ from glip_label.precision import HALF_DTYPES, check_device, parse_dtype
 from glip_label.processor import (
     ImageInput,
     PromptInput,
+    batch_anchors,
     batch_tokens,
     cat_head_outputs,
     chunk_tokens,
@@ -181,13 +182,15 @@ class GLIPPredictor:
         batch, image_sizes = self.preprocess(images)
         visual = self._encode_images(batch) if self.reuse_features else None
         per_image: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in images]
+        anchors = None  # one batch, one set of feature maps: built for the first chunk, reused for the others
         for chunk in chunks:
             text = chunk.text
             if not self.cache_text:  # official behaviour: the prompt is encoded again for every image
                 tokens = chunk_tokens(chunk.prompt, c.max_query_len, self.pad_prompt)
                 text = self._encode_text(tokens.input_ids[None], tokens.attention_mask[None])
             outputs = self._forward(batch, text) if visual is None else self._decode(visual, text)
-            results = decode(outputs, image_sizes, chunk.label_to_token, len(chunk.prompt.phrases), c)
+            anchors = batch_anchors(outputs, c) if anchors is None else anchors
+            results = decode(outputs, image_sizes, chunk.label_to_token, len(chunk.prompt.phrases), c, anchors)
             to_phrase = torch.tensor(chunk.phrase_index, dtype=torch.long)
             for i, result in enumerate(results):
                 labels = to_phrase[result["labels"].cpu() - 1]
@@ -253,11 +256,12 @@ class GLIPPredictor:
         batch, image_sizes = self.preprocess(pil)
         tokens = [tokenize(p.text, max_len=limit) for p in prompts]
         outputs = self._forward(batch, self._encode_text(*batch_tokens(tokens)), sliced=False)
+        anchors = batch_anchors(outputs, self.config)
         results = []
         for i, (image, prompt, tok) in enumerate(zip(pil, prompts, tokens, strict=True)):
             label_to_token = positive_map_label_to_token(prompt, tok, max_len=limit)
             found = decode(image_outputs(outputs, i), [image_sizes[i]], label_to_token, len(prompt.phrases),
-                           self.config)[0]
+                           self.config, anchors)[0]
             det = to_detections(found["boxes"].cpu(), found["scores"].cpu(), found["labels"].cpu() - 1,
                                 image_sizes[i], image.size, list(prompt.phrases))
             results.append(filter_detections(det, threshold))

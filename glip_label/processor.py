@@ -144,12 +144,19 @@ def image_outputs(outputs: HeadOutputs, index: int) -> HeadOutputs:
     )
 
 
+def batch_anchors(outputs: HeadOutputs, config: GLIPConfig) -> list[torch.Tensor]:
+    """The anchors of a batch's padded feature maps: the same for every image and prompt chunk of the batch."""
+    return grid_anchors(outputs.feature_sizes, config.anchor_strides, config.anchor_sizes,
+                        device=outputs.centerness[0].device, dtype=torch.float32)
+
+
 def decode(
     outputs: HeadOutputs,
     image_sizes: Sequence[tuple[int, int]],
     label_to_token: Mapping[int, Sequence[int]],
     num_phrases: int,
     config: GLIPConfig,
+    anchors: list[torch.Tensor] | None = None,
 ) -> list[dict[str, torch.Tensor]]:
     """Boxes of a batch whose images share one prompt: anchors, then the official ATSS post-processing.
 
@@ -157,9 +164,10 @@ def decode(
     labels of the prompt's phrases)}. Scores, decoding and NMS run on fp32 copies of the head outputs, also
     under half precision (the official code's AMP keeps them in fp32). The class-score matrix is as wide as
     the official one (DYHEAD.NUM_CLASSES - 1 columns) or the number of phrases, whichever is larger.
+    anchors: `batch_anchors` of these outputs, when the caller decodes the same batch more than once.
     """
-    anchors = grid_anchors(outputs.feature_sizes, config.anchor_strides, config.anchor_sizes,
-                           device=outputs.centerness[0].device, dtype=torch.float32)
+    if anchors is None:
+        anchors = batch_anchors(outputs, config)
     return atss_postprocess(
         [x.float() for x in outputs.box_regression],
         [x.float() for x in outputs.centerness],
@@ -193,6 +201,7 @@ def to_detections(
 __all__ = [
     "ImageInput",
     "PromptInput",
+    "batch_anchors",
     "batch_tokens",
     "cat_head_outputs",
     "chunk_tokens",
