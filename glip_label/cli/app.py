@@ -56,12 +56,12 @@ def check_device_and_dtype(device: str | None, dtype: str | None = None, amp: st
     from glip_label.precision import HALF_DTYPES, check_device, parse_amp, parse_dtype
 
     try:
-        check_device(device)
+        parsed = check_device(device)
         half = dtype is not None and parse_dtype(dtype) in HALF_DTYPES
         parse_amp(amp)
     except ValueError as exc:
         fail(str(exc))
-    if half and (device or "cpu").startswith("cpu"):
+    if half and (parsed is None or parsed.type == "cpu"):
         # Measured on 2-core CPUs without AVX512 (benchmarks/README.md): GLIP-T 16 s fp32, 134 s bf16, 450 s fp16.
         console.print(f"[yellow]note:[/] --dtype {dtype} on a CPU is usually much slower than fp32 (half-precision "
                       "kernels need AVX512-BF16/AMX); half precision pays on GPUs.")

@@ -161,9 +161,9 @@ def build_detection_prompt(names: Sequence[str], separator: str = DEFAULT_SEPARA
     for index, name in enumerate(names):
         if not isinstance(name, str):
             raise TypeError(f"class name {index} is {type(name).__name__}, expected str")
-        if not is_promptable(name):
-            raise ValueError(f"class name {index} ({name!r}) is empty after clean_name(); it cannot be detected")
         cleaned = clean_name(name)
+        if not cleaned.strip():  # the test of is_promptable, on the name cleaned once
+            raise ValueError(f"class name {index} ({name!r}) is empty after clean_name(); it cannot be detected")
         spans.append([(cursor, cursor + len(cleaned))])
         parts.append(cleaned)
         cursor += len(cleaned)
