@@ -28,14 +28,13 @@ ignore it. Extra keys (``caption``, ``phrases``, ``colour``, ``size``...) are ig
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from glip_label.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
+from glip_label.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_json, read_jsonl
 from glip_label.synth.render import render_canvas
 from glip_label.synth.sampling import make_scene
 from glip_label.synth.world import SPLITS, Scene, WorldConfig
@@ -86,8 +85,7 @@ class WorldPaths:
     def load(cls, root: str | Path) -> WorldPaths:
         """The paths of a world generated earlier, from its ``world.json``."""
         root = Path(root)
-        with open(root / "world.json", encoding="utf-8") as fh:
-            manifest = json.load(fh)
+        manifest = read_json(root / "world.json")
         if manifest.get("format") != WORLD_FORMAT:
             raise ValueError(f"{root / 'world.json'}: not a {WORLD_FORMAT} manifest")
         return cls._make(root, manifest["categories"], manifest["base_shapes"], manifest["novel_shapes"])
@@ -101,8 +99,7 @@ class WorldPaths:
     def scenes(self, split: str) -> list[Scene]:
         """The full truth of one split, in image order (re-render any image with ``render_scene``)."""
         path = {"gold": self.gold_scenes, "captions": self.captions_scenes, "val": self.val_scenes}[split]
-        with open(path, encoding="utf-8") as fh:
-            return [Scene.from_dict(json.loads(line)) for line in fh if line.strip()]
+        return [Scene.from_dict(record) for record in read_jsonl(path)]
 
 
 def render_scene(scene: Scene) -> Image.Image:

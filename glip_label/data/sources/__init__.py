@@ -12,7 +12,6 @@ Each reader lives in its own module and fills `glip_label.data.samples.Grounding
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -25,6 +24,7 @@ from glip_label.data.sources.common import Reader, SourceFile
 from glip_label.data.sources.detect import detect_format, sniff
 from glip_label.data.sources.mdetr import read_mdetr
 from glip_label.data.sources.odvg import read_odvg_detection, read_odvg_grounding
+from glip_label.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,7 @@ def load_source(
     if weight < 0 or not math.isfinite(weight):
         raise ValueError(f"{file_path}: weight must be a finite number >= 0, got {weight}")
     if isinstance(label_map, (str, Path)):
-        with open(label_map, encoding="utf-8") as fh:
-            label_map = json.load(fh)
+        label_map = read_json(label_map)
     source_name = name or file_path.name
     box_filter = BoxFilter(min_score, min_box_size, min_margin)
     fmt, data = sniff(file_path)

@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from glip_label.io import read_json
+
 
 def _first_json_line(path: Path) -> Any:
     """The first non-empty line parsed as JSON, or None if it is not a complete JSON value."""
@@ -52,11 +54,10 @@ def sniff(path: Path) -> tuple[str, Any]:
         return kind, None
     if isinstance(first, dict) and "filename" in first:
         raise ValueError(f"{path}: ODVG record without 'detection' or 'grounding'")
-    with open(path, encoding="utf-8") as fh:
-        try:
-            data = json.load(fh)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: neither a JSON file nor ODVG JSON Lines ({exc.msg})") from None
+    try:
+        data = read_json(path)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: neither a JSON file nor ODVG JSON Lines ({exc.msg})") from None
     return _coco_kind(data, path), data
 
 
