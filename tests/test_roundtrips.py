@@ -156,6 +156,50 @@ def test_ultralytics_finds_every_yolo_box_and_writes_nothing_into_the_photos(ann
     assert _tree(photos) == annotated["before"], "something was written into the user's image folder"
 
 
+def test_real_ultralytics_reads_every_yolo_box(annotated, monkeypatch, tmp_path):
+    """The rules above checked against the library itself where it is installed (`pip install ultralytics`:
+    it pulls opencv and polars and takes about a minute, so CI runs the reproduced rules only).
+    YOLODataset is what `YOLO(...).train(data=...)` builds from the yaml."""
+    pytest.importorskip("ultralytics")
+    monkeypatch.setenv("YOLO_OFFLINE", "1")
+    monkeypatch.setenv("YOLO_CONFIG_DIR", str(tmp_path))
+    from ultralytics.data.dataset import YOLODataset
+    from ultralytics.data.utils import check_det_dataset
+
+    photos, out = annotated["photos"], annotated["out"]
+    coco = json.loads((out / "annotations.coco.json").read_text())
+    names = {c["id"]: c["name"] for c in coco["categories"]}
+    images = {im["id"]: im for im in coco["images"]}
+    expected: dict[str, list[tuple]] = {im["file_name"]: [] for im in coco["images"]}
+    for a in coco["annotations"]:
+        im = images[a["image_id"]]
+        x, y, w, h = a["bbox"]
+        expected[im["file_name"]].append((names[a["category_id"]], (x + w / 2) / im["width"],
+                                          (y + h / 2) / im["height"], w / im["width"], h / im["height"]))
+    data = check_det_dataset(str(out / "yolo" / "data.yaml"))
+    before_yolo = set((out / "yolo").rglob("*"))
+    try:
+        dataset = YOLODataset(img_path=data["train"], data=data, task="detect", imgsz=160, augment=False)
+        found = {}
+        for label in dataset.labels:
+            rel = Path(label["im_file"]).relative_to(data["train"]).as_posix()
+            found[rel] = [(data["names"][int(c)], *map(float, box))
+                          for c, box in zip(label["cls"].ravel(), label["bboxes"], strict=True)]
+        assert found.keys() == expected.keys()
+        for rel, boxes in expected.items():
+            assert len(found[rel]) == len(boxes), rel
+            unmatched = list(found[rel])
+            for want in boxes:  # COCO keeps 2 decimals of a pixel, YOLO 6 of the normalised box
+                hit = next(g for g in unmatched if g[0] == want[0] and np.allclose(g[1:], want[1:], atol=1e-4))
+                unmatched.remove(hit)
+        # the label cache (labels/<first sub-folder>.cache here) lands in our output, not beside the photos
+        assert [p.suffix for p in set((out / "yolo").rglob("*")) - before_yolo] == [".cache"]
+        assert _tree(photos) == annotated["before"]
+    finally:
+        for written in set((out / "yolo").rglob("*")) - before_yolo:
+            written.unlink()
+
+
 # ---------------------------------------------------------------------------- one box, every format
 
 
