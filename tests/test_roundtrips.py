@@ -14,6 +14,9 @@ loading code of the heavy ones is reproduced rule for rule, each rule with its s
   must exist; ``boxes = torch.as_tensor([obj["bbox"] ...]).reshape(-1, 4)``, xyxy as given);
 * Label Studio (formats-and-peers.md §5.2; label-studio-sdk's COCO converter): a rectangle is
   ``x · W / 100``, ``width · W / 100`` pixels from the top-left.
+
+Where Ultralytics or label-studio-sdk is installed, two more tests feed our files to the library itself
+(``test_real_*``; skipped without it: each pulls opencv, and label-studio-sdk pins numpy < 2.3).
 """
 
 from __future__ import annotations
@@ -156,6 +159,16 @@ def test_ultralytics_finds_every_yolo_box_and_writes_nothing_into_the_photos(ann
     assert _tree(photos) == annotated["before"], "something was written into the user's image folder"
 
 
+def _assert_same_boxes(found: list[tuple], expected: list[tuple], atol: float) -> None:
+    """The same (label, *numbers) boxes in any order, numbers within atol: each expected box takes one found."""
+    assert len(found) == len(expected)
+    unmatched = list(found)
+    for want in expected:
+        hit = next((g for g in unmatched if g[:-4] == want[:-4] and np.allclose(g[-4:], want[-4:], atol=atol)), None)
+        assert hit is not None, f"{want} not found among {unmatched}"
+        unmatched.remove(hit)
+
+
 def test_real_ultralytics_reads_every_yolo_box(annotated, monkeypatch, tmp_path):
     """The rules above checked against the library itself where it is installed (`pip install ultralytics`:
     it pulls opencv and polars and takes about a minute, so CI runs the reproduced rules only).
@@ -187,11 +200,7 @@ def test_real_ultralytics_reads_every_yolo_box(annotated, monkeypatch, tmp_path)
                           for c, box in zip(label["cls"].ravel(), label["bboxes"], strict=True)]
         assert found.keys() == expected.keys()
         for rel, boxes in expected.items():
-            assert len(found[rel]) == len(boxes), rel
-            unmatched = list(found[rel])
-            for want in boxes:  # COCO keeps 2 decimals of a pixel, YOLO 6 of the normalised box
-                hit = next(g for g in unmatched if g[0] == want[0] and np.allclose(g[1:], want[1:], atol=1e-4))
-                unmatched.remove(hit)
+            _assert_same_boxes(found[rel], boxes, atol=1e-4)  # COCO keeps 2 decimals of a pixel, YOLO 6
         # the label cache (labels/<first sub-folder>.cache here) lands in our output, not beside the photos
         assert [p.suffix for p in set((out / "yolo").rglob("*")) - before_yolo] == [".cache"]
         assert _tree(photos) == annotated["before"]
@@ -258,6 +267,35 @@ def test_one_detection_is_the_same_box_in_every_format(annotated):
     from_odvg = load_source(out / "annotations.odvg.jsonl", min_score=0.0)
     for a, b in zip(from_coco.samples, from_odvg.samples, strict=True):
         np.testing.assert_allclose(a.boxes, b.boxes, atol=COCO_ROUNDING)
+
+
+def test_real_label_studio_converter_gives_back_our_coco(annotated, tmp_path):
+    """Label Studio's own export to COCO (label-studio-sdk's Converter) after a reviewer accepts every
+    prediction, against our COCO file. Where the SDK is installed (`pip install label-studio-sdk`; it pins
+    numpy < 2.3 through opencv-headless, so it stays out of the test extra and CI runs the rule above)."""
+    pytest.importorskip("label_studio_sdk")
+    from urllib.parse import unquote
+
+    from label_studio_sdk.converter import Converter
+
+    out = annotated["out"]
+    tasks = json.loads((out / "labelstudio.json").read_text())
+    for i, task in enumerate(tasks, 1):  # accepting a prediction makes it the task's annotation
+        task.update(id=i, annotations=[{"id": i, "result": task["predictions"][0]["result"]}])
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    converter = Converter(config=(out / "labelstudio_config.xml").read_text(), project_dir=None)
+    converter.convert_to_coco(str(tmp_path / "export.json"), str(tmp_path / "coco"), is_dir=False)
+
+    def boxes(coco: dict, name_of_image) -> list[tuple]:
+        names = {c["id"]: c["name"] for c in coco["categories"]}
+        files = {im["id"]: name_of_image(im["file_name"]) for im in coco["images"]}
+        return sorted((files[a["image_id"]], names[a["category_id"]], *a["bbox"]) for a in coco["annotations"])
+
+    theirs = boxes(json.loads((tmp_path / "coco" / "result.json").read_text()),
+                   lambda url: unquote(url.split("?d=", 1)[1]))  # /data/local-files/?d=<quoted relative path>
+    ours = boxes(json.loads((out / "annotations.coco.json").read_text()), lambda name: name)
+    assert len(theirs) == len(ours) > 0
+    _assert_same_boxes(theirs, ours, atol=0.11)  # both round to 0.1-0.01 of a pixel
 
 
 # ------------------------------------------------------------------------------------ permissions
