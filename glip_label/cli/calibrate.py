@@ -85,7 +85,10 @@ def calibrate(
         result = run_calibrate(CALIBRATE_OPTIONS.build(params, tta=tta_options), progress=verbose)
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
-    table = Table(title=f"glip-label calibrate → {out / 'thresholds.json'}")
+    table = Table(title=f"glip-label calibrate → {out / 'thresholds.json'}",
+                  caption="source: gold = moved on the evidence of its gold boxes; global = the global threshold "
+                          "(too little evidence to move, or --criterion global); fallback = the global threshold, "
+                          "the gold set boxes no such object or the model found none of them")
     for column in ("class", "threshold", "source", "gold boxes", "P", "R", "F1", "F1 at global"):
         table.add_column(column)
     for name, entry in result["classes"].items():
@@ -94,8 +97,8 @@ def calibrate(
                       *(f"{at[k]:.3f}" if at else "-" for k in ("precision", "recall", "f1")),
                       f"{at_global['f1']:.3f}" if at_global else "-")
     Console().print(table)
-    Console().print(f"micro F1 on the gold set: per-class thresholds {result['per_class_micro']['f1']:.3f}, "
-                    f"global threshold {result['default']:.3f}: {result['global']['f1']:.3f}")
+    Console().print(f"micro F1 on the gold set: {result['per_class_micro']['f1']:.3f} with these thresholds, "
+                    f"{result['global']['f1']:.3f} with the one global threshold {result['default']:.3f}")
     if result.get("validation"):
         v = result["validation"]
         Console().print(f"on held-out folds of the gold images ({v['folds']} folds, {v['images']} images): per-class "

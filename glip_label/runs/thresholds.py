@@ -257,8 +257,8 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
             chosen, source = global_threshold, "global"
         elif joint:
             chosen = joint[name] if m.is_tp.any() else None
-            source = ("fallback" if chosen is None else "gold" if chosen != global_threshold
-                      else "global (too little evidence to move)")
+            # "global": the gold boxes did not give the evidence to move this class
+            source = "fallback" if chosen is None else "gold" if chosen != global_threshold else "global"
         else:
             chosen, met = choose_threshold(m.scores, m.is_tp, m.n_gold, target_precision)
             source = "gold" if chosen is not None else "fallback"
