@@ -132,8 +132,10 @@ def test_ontology_maps_prompts_to_classes_with_thresholds(tmp_path):
     out = postprocess_for_ontology(det, ontology, AnnotateOptions(source="", out=tmp_path, threshold=0.3))
     # "man" and "woman" boxes on one object merge into one person; the 0.45 person is under its 0.5 threshold.
     assert out.labels.tolist() == [0, 1] and out.scores.tolist() == [0.9, 0.4]
-    with pytest.raises(ValueError, match="exactly one"):
+    with pytest.raises(ValueError, match="only one of"):
         load_ontology(prompt="a.", ontology=path)
+    with pytest.raises(ValueError, match="ontology.calibrated.yaml"):  # none: says where calibrate put one
+        load_ontology()
     with pytest.raises(ValueError, match="duplicated"):
         Ontology.from_names(["a", "a"])
 

@@ -89,9 +89,12 @@ def _unique_names(names: Sequence[str], what: str) -> list[str]:
 def load_ontology(prompt: str | None = None, classes_file: str | Path | None = None,
                   ontology: str | Path | None = None) -> Ontology:
     """Exactly one of: a "a. b. c." prompt, a classes file (one name per line), an ontology yaml/json."""
-    given = [x is not None for x in (prompt, classes_file, ontology)]
-    if sum(given) != 1:
-        raise ValueError("give exactly one of --prompt, --classes-file or --ontology")
+    given = sum(x is not None for x in (prompt, classes_file, ontology))
+    if given > 1:
+        raise ValueError("give only one of --prompt, --classes-file or --ontology")
+    if not given:
+        raise ValueError("say what to label: --prompt 'a. b.', --classes-file FILE or --ontology FILE (calibrate "
+                         "writes OUT/ontology.calibrated.yaml, the classes with their thresholds)")
     if prompt is not None:
         return Ontology.from_names([p for p in prompt.split(".") if p.strip()])
     if classes_file is not None:
