@@ -140,6 +140,18 @@ def test_ontology_maps_prompts_to_classes_with_thresholds(tmp_path):
         Ontology.from_names(["a", "a"])
 
 
+def test_nothing_to_label_is_an_error_before_the_model_loads(good_folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=r"no images found .*tiff"):
+        annotate(AnnotateOptions(source=str(tmp_path / "empty"), out=tmp_path / "o", prompt="thing."))
+    n_images = len([p for p in good_folder.rglob("*") if p.is_file()])
+    with pytest.raises(FileNotFoundError, match=rf"shard {n_images}/{n_images + 1} of the {n_images} images .* empty"):
+        annotate(AnnotateOptions(source=str(good_folder), out=tmp_path / "o", prompt="thing.",
+                                 shard=f"{n_images}/{n_images + 1}"))
+    assert not (tmp_path / "o").exists()
+
+
 def test_shards_partition_and_merge(tiny_checkpoint, good_folder, tmp_path):
     outs = []
     for i in range(2):

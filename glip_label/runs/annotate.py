@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from glip_label.data.image_discovery import discover_images
+from glip_label.data.image_discovery import IMAGE_EXTENSIONS, discover_images
 from glip_label.data.images import ImageError, LoadedImage, iter_images
 from glip_label.precision import dtype_name, parse_dtype
 from glip_label.report import write_annotate_report
@@ -68,10 +68,14 @@ def annotate(options: AnnotateOptions, predictor=None, progress: bool = True,
     if options.thresholds:
         ontology = apply_thresholds(ontology, read_thresholds(options.thresholds), options.thresholds)
     root, names = discover_images(options.source, recursive=options.recursive)
-    if options.shard:
-        names = shard_items(names, parse_shard(options.shard))
     if not names:
-        raise FileNotFoundError(f"no images found in {options.source} (extensions: jpg, jpeg, png, bmp, webp, tif)")
+        extensions = ", ".join(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+        raise FileNotFoundError(f"no images found in {options.source} (extensions: {extensions})")
+    if options.shard:
+        found, names = len(names), shard_items(names, parse_shard(options.shard))
+        if not names:
+            raise FileNotFoundError(f"shard {options.shard} of the {found} images in {options.source} is empty "
+                                    "(more shards than images)")
     labeler = AnnotateLabeler(options, ontology, root, predictor)
     if options.engine == "local":
         labeler.load()
