@@ -119,6 +119,25 @@ def test_bad_input_is_reported_and_the_run_goes_on(tiny_checkpoint, tmp_path):
     _check_outputs(out)
 
 
+def test_a_run_that_grounds_nothing_fails_after_writing_why(tiny_checkpoint, tmp_path):
+    """No pair (an empty corpus), or every pair skipped: exit 1, not a dataset of nothing; errors.jsonl and
+    run.json are written first so the reasons can be read."""
+    (tmp_path / "empty.jsonl").write_text("")
+    result = runner.invoke(app, ["pseudo-caption", str(tmp_path / "empty.jsonl"), "--model", str(tiny_checkpoint),
+                                 "--out", str(tmp_path / "out0"), "--phrases", "rule", "--threads", "1"])
+    assert result.exit_code == 1 and "no image-caption pairs found" in result.output, result.output
+    lines = [{"image": "images/missing.png", "caption": "a cup on a saucer", "id": "a"},
+             {"image": "images/gone.png", "caption": "a spoon", "id": "b"}]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    result = runner.invoke(app, ["pseudo-caption", str(tmp_path / "pairs.jsonl"), "--model", str(tiny_checkpoint),
+                                 "--out", str(tmp_path / "out"), "--phrases", "rule", "--threads", "1"])
+    assert result.exit_code == 1, result.output
+    assert "none of the 2 pairs" in result.output and "missing 2" in result.output
+    assert len((tmp_path / "out" / "errors.jsonl").read_text().splitlines()) == 2
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["counts"]["grounded"] == 0
+    assert (tmp_path / "out" / "grounding.odvg.jsonl").read_text() == ""
+
+
 KILL_SCRIPT = """
 import sys, time
 from pathlib import Path

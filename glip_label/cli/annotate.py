@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from glip_label.cli.app import app, config_arg, console, fail
+from glip_label.cli.app import app, config_arg, fail, fail_run
 from glip_label.cli.option_map import (
     OptionMap,
     comma_list,
@@ -91,13 +91,12 @@ def annotate(
     """Label an image folder with GLIP: COCO JSON, ODVG JSONL, YOLO, Label Studio, pictures of the boxes."""
     options = labeling_options(ANNOTATE_OPTIONS, command_params(locals()))  # before any other name
     from glip_label.runs.annotate import annotate as run_annotate
-    from glip_label.runs.annotate_outputs import NoImageReadError
+    from glip_label.runs.labeler import NothingLabeledError
 
     try:
         summary = run_annotate(options)
-    except NoImageReadError as exc:
-        console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(code=1) from exc
+    except NothingLabeledError as exc:
+        fail_run(str(exc))
     except (ValueError, FileNotFoundError, JournalError) as exc:
         fail(str(exc))
     print_annotate_summary(summary)

@@ -51,6 +51,12 @@ def fail(message: str) -> NoReturn:
     raise typer.Exit(code=2)
 
 
+def fail_run(message: str) -> NoReturn:
+    """A run that labeled nothing (its outputs and errors.jsonl say why): exit 1, where bad input exits 2."""
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    raise typer.Exit(code=1)
+
+
 def check_device_and_dtype(device: str | None, dtype: str | None = None, amp: str | None = None) -> None:
     """--device / --dtype / --amp checked before any work: one error line and exit 2 (e.g. cuda without a GPU)."""
     from glip_label.precision import HALF_DTYPES, check_device, parse_amp, parse_dtype

@@ -17,6 +17,7 @@ from glip_label.io import atomic_open, atomic_write_json, atomic_write_text, wri
 from glip_label.records import Detections, ImageRecord
 from glip_label.runs.annotate_options import AnnotateOptions, AnnotateSummary
 from glip_label.runs.journal import read_results_in_order, read_run_key
+from glip_label.runs.labeler import NothingLabeledError
 from glip_label.runs.ontology import Ontology
 
 
@@ -106,9 +107,5 @@ def write_outputs(out: Path, names: Sequence[str], ontology: Ontology, root: Pat
     }
     atomic_write_json(out / "run.json", run)
     if labeled == 0:
-        raise NoImageReadError(f"none of the {len(names)} images could be read; see {out / 'errors.jsonl'}")
+        raise NothingLabeledError(f"none of the {len(names)} images could be read; see {out / 'errors.jsonl'}")
     return summary
-
-
-class NoImageReadError(RuntimeError):
-    """Every input failed to load: the CLI exits non-zero."""

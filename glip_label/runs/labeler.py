@@ -26,6 +26,11 @@ class ItemResult:
         return self.error is None
 
 
+class NothingLabeledError(RuntimeError):
+    """A run labeled nothing (every input failed, or there was none). The outputs and errors.jsonl are
+    written first, so the reason can be read; the CLI exits non-zero: a dataset of nothing is not a result."""
+
+
 class Labeler(Protocol):
     """Labels fixed batches; built on the driver, pickled to workers, `load`ed once in each."""
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ from glip_label.records import clip_to_image
 from glip_label.report import write_pseudo_caption_report
 from glip_label.runs.engine import label_into_journal
 from glip_label.runs.journal import RunJournal, parse_shard, read_results_in_order, read_run_key, shard_of
-from glip_label.runs.labeler import ItemResult, PredictorLabeler
+from glip_label.runs.labeler import ItemResult, NothingLabeledError, PredictorLabeler
 from glip_label.runs.ontology import read_thresholds
 from glip_label.runs.run_options import RunOptions
 
@@ -322,7 +323,21 @@ def pseudo_caption(options: PseudoCaptionOptions, predictor=None, progress: bool
     summary = write_outputs(out, keys, options, seconds)
     if options.report:
         write_pseudo_caption_report(out, _recorded_root(_image_source(options)))
+    if summary.grounded == 0:
+        raise NothingLabeledError(_nothing_grounded(summary, options))
     return summary
+
+
+def _nothing_grounded(summary: PseudoCaptionSummary, options: PseudoCaptionOptions) -> str:
+    """Why a run grounded no pair: an empty corpus (or shard), or every pair skipped, with the commonest reasons."""
+    where = f"shard {options.shard} of {options.source}" if options.shard else str(options.source)
+    if summary.pairs == 0:
+        return f"no image-caption pairs found in {where}"
+    kinds = Counter(json.loads(line).get("kind", "error") for line in
+                    (summary.out / "errors.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    reasons = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common(3))
+    return (f"none of the {summary.pairs} pairs of {where} could be grounded (errors: {reasons}); "
+            f"see {summary.out / 'errors.jsonl'}")
 
 
 # ------------------------------------------------------------------------------------------- final files
