@@ -104,10 +104,14 @@ class PseudoCaptionSummary:
     out: Path
     pairs: int
     grounded: int
-    skipped: int
+    skipped_kinds: Counter[str]  # skipped pairs by the `kind` of their error
     boxes: int
     seconds: float
     pairs_per_second: float
+
+    @property
+    def skipped(self) -> int:
+        return sum(self.skipped_kinds.values())
 
 
 # ------------------------------------------------------------------------------------------- phrases
@@ -333,9 +337,7 @@ def _nothing_grounded(summary: PseudoCaptionSummary, options: PseudoCaptionOptio
     where = f"shard {options.shard} of {options.source}" if options.shard else str(options.source)
     if summary.pairs == 0:
         return f"no image-caption pairs found in {where}"
-    kinds = Counter(json.loads(line).get("kind", "error") for line in
-                    (summary.out / "errors.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
-    reasons = ", ".join(f"{kind} {n}" for kind, n in kinds.most_common(3))
+    reasons = ", ".join(f"{kind} {n}" for kind, n in summary.skipped_kinds.most_common(3))
     return (f"none of the {summary.pairs} pairs of {where} could be grounded (errors: {reasons}); "
             f"see {summary.out / 'errors.jsonl'}")
 
@@ -380,7 +382,8 @@ def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
     from glip_label.formats.mdetr import MdetrStreamWriter
     from glip_label.formats.odvg import odvg_grounding_record
 
-    grounded = skipped = boxes = 0
+    grounded = boxes = 0
+    skipped_kinds: Counter[str] = Counter()
     mdetr_info = {"description": "pseudo grounding boxes written by glip-label pseudo-caption",
                   "version": __version__, "model": options.model, "box_floor": options.box_floor}
     with (
@@ -391,7 +394,7 @@ def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
         for result in read_results_in_order(out, keys):
             if not result["ok"]:
                 errors.write(json.dumps(result["error"], ensure_ascii=False) + "\n")
-                skipped += 1
+                skipped_kinds[result["error"].get("kind", "error")] += 1
                 continue
             rec = result["record"]
             grounded += 1
@@ -403,7 +406,7 @@ def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
             odvg.write(json.dumps(line, ensure_ascii=False) + "\n")
             fields = {"pair_id": rec["id"], **({"note": rec["note"]} if "note" in rec else {})}
             mdetr.add(rec["file_name"], rec["height"], rec["width"], rec["caption"], rec["regions"], fields)
-    summary = PseudoCaptionSummary(out, len(keys), grounded, skipped, boxes, seconds,
+    summary = PseudoCaptionSummary(out, len(keys), grounded, skipped_kinds, boxes, seconds,
                                    len(keys) / seconds if seconds > 0 else 0.0)
     images = _image_source(options)
     files = {"odvg": "grounding.odvg.jsonl", "mdetr": "grounding.mdetr.json", "errors": "errors.jsonl"}
@@ -416,7 +419,7 @@ def write_outputs(out: Path, keys: Sequence[str], options: PseudoCaptionOptions,
         "images": images,
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(options).items()},
         "run_key": read_run_key(out),
-        "counts": {"pairs": len(keys), "grounded": grounded, "skipped": skipped, "boxes": boxes},
+        "counts": {"pairs": len(keys), "grounded": grounded, "skipped": summary.skipped, "boxes": boxes},
         "timings": {"seconds": seconds, "pairs_per_second": summary.pairs_per_second},
         "files": files,
     })
