@@ -45,15 +45,18 @@ def calibrate(
     target_precision: Annotated[float | None, typer.Option(help="Per class, the lowest threshold reaching this "
                                                            "precision (instead of --criterion).")] = None,
     criterion: Annotated[str, typer.Option(help="micro-f1: per-class thresholds that raise the labels' micro F1 "
-                                           "(every box counts once) above one global threshold, each moved only "
-                                           "as far as the gold boxes give evidence (--evidence); class-f1: each "
-                                           "class's own best F1 (keeps more wrong boxes of weak classes); global: "
-                                           "one threshold for every class.")] = "micro-f1",
+                                           "(every box counts once) above one global threshold: the mean of one "
+                                           "that moves a class only as far as its gold boxes give evidence "
+                                           "(--evidence) and one fitted to all classes' boxes at once, each class "
+                                           "kept near the others; class-f1: each class's own best F1 (keeps more "
+                                           "wrong boxes of weak classes); global: one threshold for every "
+                                           "class.")] = "micro-f1",
     evidence: Annotated[float, typer.Option(help="micro-f1: how sure the gold boxes must be (posterior probability "
                                             "that the boxes crossed are right more, or less, often than the break-"
-                                            "even precision F1/2) before a class's threshold leaves the global "
-                                            "one. 0 follows the gold set exactly (for many gold images); "
-                                            "higher stays closer to the global threshold.")] = EVIDENCE,
+                                            "even precision F1/2) before the evidence half of the mean moves a "
+                                            "class's threshold from the global one. 0 follows the gold set exactly "
+                                            "(for many gold images); higher stays closer to the global "
+                                            "threshold.")] = EVIDENCE,
     floor: Annotated[float, typer.Option(help="Lowest score considered (boxes below are never kept).")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
     verbose: VerboseOpt = False,
@@ -61,9 +64,10 @@ def calibrate(
 ) -> None:
     """Per-class score thresholds that maximise F1 (IoU 0.5) on a few gold images, for annotate --thresholds.
 
-    By default each class's threshold moves from the single best global threshold where that raises the micro F1
-    of the labels (every box counts once) and its gold boxes give evidence for it: a class with a handful of gold
-    boxes otherwise gets thresholds fitted to noise.
+    By default each class's threshold is the mean of two estimates, both of which start from the single best global
+    threshold and aim at the micro F1 of the labels (every box counts once): one moves a class where its own gold
+    boxes give evidence for it, the other fits all classes' scores together and keeps each class near the others.
+    With a handful of gold boxes per class, thresholds that follow the gold set exactly fit its noise.
 
     --criterion class-f1 takes each class's own best F1; --criterion global one threshold for all;
     --target-precision the most recall at that precision.
@@ -86,8 +90,8 @@ def calibrate(
     except (ValueError, FileNotFoundError) as exc:
         fail(str(exc))
     table = Table(title=f"glip-label calibrate → {out / 'thresholds.json'}",
-                  caption="source: gold = moved on the evidence of its gold boxes; global = the global threshold "
-                          "(too little evidence to move, or --criterion global); fallback = the global threshold, "
+                  caption="source: gold = chosen from its gold boxes; global = the global threshold "
+                          "(--criterion global, or its gold boxes did not move it); fallback = the global threshold, "
                           "the gold set boxes no such object or the model found none of them")
     for column in ("class", "threshold", "source", "gold boxes", "P", "R", "F1", "F1 at global"):
         table.add_column(column)
