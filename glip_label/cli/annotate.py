@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from glip_label.cli.app import app, config_arg, fail, fail_run
+from glip_label.cli.app import app, config_arg, fail, run_labeling
 from glip_label.cli.option_map import (
     OptionMap,
     comma_list,
@@ -91,15 +91,8 @@ def annotate(
     """Label an image folder with GLIP: COCO JSON, ODVG JSONL, YOLO, Label Studio, pictures of the boxes."""
     options = labeling_options(ANNOTATE_OPTIONS, command_params(locals()))  # before any other name
     from glip_label.runs.annotate import annotate as run_annotate
-    from glip_label.runs.labeler import NothingLabeledError
 
-    try:
-        summary = run_annotate(options)
-    except NothingLabeledError as exc:
-        fail_run(str(exc))
-    except (ValueError, FileNotFoundError, JournalError) as exc:
-        fail(str(exc))
-    print_annotate_summary(summary)
+    print_annotate_summary(run_labeling(run_annotate, options))
 
 
 def print_annotate_summary(summary) -> None:
@@ -127,7 +120,7 @@ def merge(
     """Join the outputs of sharded 'annotate' runs into one dataset."""
     from glip_label.runs.annotate import merge as run_merge
     from glip_label.runs.annotate_options import AnnotateOptions
-    from glip_label.runs.journal import JournalError, read_run_key
+    from glip_label.runs.journal import read_run_key
 
     try:
         key = read_run_key(shards[0]) or {}

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
 from glip_label.cli.params import HUB_PRESETS_TEXT
 from glip_label.presets import HUB_REPO
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="glip-label",
@@ -55,6 +58,19 @@ def fail_run(message: str) -> NoReturn:
     """A run that labeled nothing (its outputs and errors.jsonl say why): exit 1, where bad input exits 2."""
     console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code=1)
+
+
+def run_labeling(run: Callable[[Any], T], options: Any, bad_input: tuple[type[Exception], ...] = ()) -> T:
+    """annotate's or pseudo-caption's job: a run that labeled nothing exits 1 (fail_run), bad input exits 2."""
+    from glip_label.runs.journal import JournalError
+    from glip_label.runs.labeler import NothingLabeledError
+
+    try:
+        return run(options)
+    except NothingLabeledError as exc:
+        fail_run(str(exc))
+    except (ValueError, FileNotFoundError, JournalError, *bad_input) as exc:
+        fail(str(exc))
 
 
 def check_device_and_dtype(device: str | None, dtype: str | None = None, amp: str | None = None) -> None:

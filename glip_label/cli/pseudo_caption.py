@@ -8,10 +8,9 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from glip_label.cli.app import app, config_arg, fail, fail_run
+from glip_label.cli.app import app, config_arg, run_labeling
 from glip_label.cli.option_map import OptionMap, command_params, labeling_options, parse_tta_scales, path_text
 from glip_label.cli.params import LABELING_PARAMS, ConfigOpt, ModelOpt, with_params
-from glip_label.runs.journal import JournalError
 
 # pseudo-caption's CLI parameters -> PseudoCaptionOptions fields; a parameter not named here sets the field of its
 # name.
@@ -75,15 +74,9 @@ def pseudo_caption(
 ) -> None:
     """Ground the noun phrases of an image-caption corpus with GLIP (the paper's self-training data)."""
     options = labeling_options(PSEUDO_CAPTION_OPTIONS, command_params(locals()))  # before any other name
-    from glip_label.runs.labeler import NothingLabeledError
     from glip_label.runs.pseudo_caption import pseudo_caption as run
 
-    try:
-        summary = run(options)
-    except NothingLabeledError as exc:
-        fail_run(str(exc))
-    except (ValueError, FileNotFoundError, JournalError, ImportError) as exc:
-        fail(str(exc))
+    summary = run_labeling(run, options, bad_input=(ImportError,))  # ImportError: a corpus kind's optional library
     Console().print(f"pairs {summary.pairs} · grounded {summary.grounded} · skipped {summary.skipped} "
                     f"(see {summary.out / 'errors.jsonl'}) · boxes {summary.boxes} · "
                     f"{summary.pairs_per_second:.2f} pairs/s")
