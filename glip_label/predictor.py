@@ -321,8 +321,7 @@ def load_model(
         PROMPT_KEY,
         guess_preset,
         load_state_dict_strict,
-        read_checkpoint,
-        read_config_metadata,
+        open_checkpoint,
         resolve_weights,
     )
 
@@ -337,10 +336,11 @@ def load_model(
         return GLIPPredictor(GLIP(cfg), device, dtype, source=None, pad_prompt=pad_prompt, cache_text=cache_text)
 
     path, preset = resolve_weights(weights, revision=revision)
-    state = read_checkpoint(path, prefer=prefer)
+    contents = open_checkpoint(path, prefer=prefer)  # one read for the state and the config stored with it
+    state = contents.state
     if config is not None:
         cfg = resolve_config(config)
-    elif stored := read_config_metadata(path):
+    elif stored := contents.config:
         cfg = GLIPConfig.from_dict(stored)
     elif preset is not None:
         cfg = resolve_config(preset)

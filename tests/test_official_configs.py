@@ -250,10 +250,16 @@ def tiny_snapshot(tmp_path_factory) -> tuple[Path, GLIP]:
     return path, model
 
 
-def test_official_snapshot_loads_with_no_config_and_logs_the_choice(tiny_snapshot, caplog):
+def test_official_snapshot_loads_with_no_config_and_logs_the_choice(tiny_snapshot, caplog, monkeypatch):
+    from glip_label.weights import reading
+
     path, model = tiny_snapshot
+    unpickled = []
+    load_torch_file = reading.load_torch_file
+    monkeypatch.setattr(reading, "load_torch_file", lambda p: unpickled.append(p) or load_torch_file(p))
     with caplog.at_level(logging.INFO, logger="glip_label.predictor"):
         predictor = load_model(path)
+    assert unpickled == [path]  # the snapshot (4x the model for a real one) is unpickled once, state and config
     assert predictor.model.config == PRESETS["glip-tiny"]
     assert "glip-tiny" in caplog.text
     for key, value in model.state_dict().items():  # fp16-saved floats arrive as the fp16 values, in fp32

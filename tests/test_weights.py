@@ -30,6 +30,7 @@ from glip_label.weights import (
     guess_preset,
     is_ignorable_key,
     load_state_dict_strict,
+    open_checkpoint,
     read_checkpoint,
     read_config_metadata,
     resolve_weights,
@@ -466,6 +467,10 @@ def test_pth_round_trip_in_official_format(tmp_path):
     for key, value in model.state_dict().items():
         assert torch.equal(restored.state_dict()[key], value)
     assert read_config_metadata(path) == config
+    contents = open_checkpoint(path)  # what load_model and convert_weights read, in one pass
+    assert contents.config == config and contents.source_entry == "model"
+    assert contents.entries == ["model", "glip_label"] and contents.raw_state.keys() == raw["model"].keys()
+    assert contents.state.keys() == read_checkpoint(path).keys()
 
 
 def test_pth_anchor_cells_follow_configured_strides(tmp_path):

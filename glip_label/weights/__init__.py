@@ -16,7 +16,13 @@ from glip_label.weights.hub import HUB_FILES, HUB_REPO, WeightsNotAvailableError
 from glip_label.weights.keys import IGNORABLE_KEY_PATTERNS, PROMPT_KEY, is_ignorable_key
 from glip_label.weights.layouts import guess_preset
 from glip_label.weights.loading import CheckpointMismatchError, StateDiff, diff_state_shapes, load_state_dict_strict
-from glip_label.weights.reading import CheckpointError, read_checkpoint, read_config_metadata
+from glip_label.weights.reading import (
+    CheckpointContents,
+    CheckpointError,
+    open_checkpoint,
+    read_checkpoint,
+    read_config_metadata,
+)
 from glip_label.weights.writing import convert_weights, official_extra_buffers, save_checkpoint
 
 __all__ = [
@@ -24,11 +30,13 @@ __all__ = [
     "HUB_FILES",
     "IGNORABLE_KEY_PATTERNS",
     "PROMPT_KEY",
+    "CheckpointContents",
     "CheckpointError",
     "CheckpointMismatchError",
     "WeightsNotAvailableError",
     "StateDiff",
     "resolve_weights",
+    "open_checkpoint",
     "read_checkpoint",
     "is_ignorable_key",
     "diff_state_shapes",

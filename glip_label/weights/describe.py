@@ -5,15 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from glip_label.weights.keys import ANCHOR_PREFIX, MODULE_PREFIX, PROMPT_KEY, strip_module_prefix
+from glip_label.weights.keys import ANCHOR_PREFIX, MODULE_PREFIX, PROMPT_KEY
 from glip_label.weights.layouts import layout_of_shapes, preset_matching
-from glip_label.weights.reading import (
-    extract_state_dict,
-    load_safetensors,
-    load_torch_file,
-    read_config_metadata,
-    torch_config_metadata,
-)
+from glip_label.weights.reading import open_checkpoint
 
 
 def describe_checkpoint(path: str | Path, prefer: str = "model") -> dict[str, Any]:
@@ -24,17 +18,8 @@ def describe_checkpoint(path: str | Path, prefer: str = "model") -> dict[str, An
     memory-mapped: only shapes and dtypes are read, except the prompt rows of a prompt-tuned file.
     """
     path = Path(path)
-    entries: list[str] = []
-    source_entry: str | None = None
-    if path.suffix == ".safetensors":
-        raw_state = load_safetensors(path)
-        stored_config = read_config_metadata(path)
-    else:
-        snapshot = load_torch_file(path)
-        raw_state, source_entry = extract_state_dict(snapshot, path, prefer)
-        entries = [str(k) for k in snapshot] if source_entry is not None else []
-        stored_config = torch_config_metadata(snapshot)
-    state = strip_module_prefix(raw_state)
+    contents = open_checkpoint(path, prefer)
+    state, raw_state, stored_config = contents.state, contents.raw_state, contents.config
     floats = {k: v for k, v in state.items() if v.is_floating_point() and not k.startswith(ANCHOR_PREFIX)}
     dtypes: dict[str, int] = {}
     for tensor in floats.values():
@@ -56,8 +41,8 @@ def describe_checkpoint(path: str | Path, prefer: str = "model") -> dict[str, An
         "parameters": sum(t.numel() for t in floats.values()),
         "dtypes": dtypes,
         "module_prefix": bool(raw_state) and all(k.startswith(MODULE_PREFIX) for k in raw_state),
-        "entries": entries,
-        "source_entry": source_entry,
+        "entries": contents.entries,
+        "source_entry": contents.source_entry,
         "prompt_tuning": prompt_info,
         "stored_config": stored_config,
         "bytes": path.stat().st_size,

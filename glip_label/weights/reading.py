@@ -15,6 +15,7 @@ import pickle
 import re
 import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,21 +32,41 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be read, or whose contents do not fit the model."""
 
 
-def read_checkpoint(path: str | Path, prefer: str = "model") -> dict[str, Tensor]:
-    """The model state dict stored in `path`, keys without the DDP `module.` prefix.
+@dataclass
+class CheckpointContents:
+    """One read of a checkpoint file: its model state, the config glip-label stored in it, and for an official
+    snapshot which top-level entry the state came from and what else the file holds."""
+
+    raw_state: dict[str, Tensor]  # as stored (a DDP snapshot's keys start with `module.`)
+    state: dict[str, Tensor]  # keys without the DDP prefix: what the model loads
+    config: dict[str, Any] | None  # GLIPConfig.to_dict() saved by glip-label; None in official files
+    source_entry: str | None  # "model" / "model_ema" / "state_dict"; None for a bare state dict or safetensors
+    entries: list[str]  # the snapshot's top-level keys ([] when source_entry is None)
+
+
+def open_checkpoint(path: str | Path, prefer: str = "model") -> CheckpointContents:
+    """Read `path` once (.safetensors, or a torch file memory-mapped) for everything its readers need.
 
     Official snapshots also hold `model_ema`, `optimizer`, `scheduler` and `iteration`; only the
-    state named by `prefer` ("model", as the official loader does, or "model_ema") is returned.
-    Torch files are memory-mapped, so the returned tensors page in from disk as they are used.
+    state named by `prefer` ("model", as the official loader does, or "model_ema") is kept.
+    Torch files are memory-mapped, so the tensors page in from disk as they are used.
     """
     path = Path(path)
     if prefer not in ("model", "model_ema"):
         raise ValueError(f"prefer must be 'model' or 'model_ema', not {prefer!r}")
     if path.suffix == ".safetensors":
-        state = load_safetensors(path)
+        raw_state, config, source_entry, entries = load_safetensors(path), read_config_metadata(path), None, []
     else:
-        state, _ = extract_state_dict(load_torch_file(path), path, prefer)
-    return strip_module_prefix(state)
+        snapshot = load_torch_file(path)
+        raw_state, source_entry = extract_state_dict(snapshot, path, prefer)
+        config = torch_config_metadata(snapshot)
+        entries = [str(k) for k in snapshot] if source_entry is not None else []
+    return CheckpointContents(raw_state, strip_module_prefix(raw_state), config, source_entry, entries)
+
+
+def read_checkpoint(path: str | Path, prefer: str = "model") -> dict[str, Tensor]:
+    """The model state dict stored in `path`, keys without the DDP `module.` prefix (see open_checkpoint)."""
+    return open_checkpoint(path, prefer).state
 
 
 def check_readable(path: Path) -> None:

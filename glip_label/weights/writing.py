@@ -21,16 +21,8 @@ from torch import Tensor, nn
 from glip_label.config import GLIPConfig
 from glip_label.io import mkstemp_like_open, plain_file_mode
 from glip_label.precision import parse_dtype
-from glip_label.weights.keys import ANCHOR_PREFIX, MODULE_PREFIX, strip_module_prefix
-from glip_label.weights.reading import (
-    SAFETENSORS_CONFIG_KEY,
-    TORCH_SUFFIXES,
-    extract_state_dict,
-    load_safetensors,
-    load_torch_file,
-    read_config_metadata,
-    torch_config_metadata,
-)
+from glip_label.weights.keys import ANCHOR_PREFIX, MODULE_PREFIX
+from glip_label.weights.reading import SAFETENSORS_CONFIG_KEY, TORCH_SUFFIXES, open_checkpoint
 
 
 def save_checkpoint(
@@ -116,22 +108,11 @@ def convert_weights(
     if dst.suffix != ".safetensors":
         raise ValueError(f"convert_weights writes .safetensors; got {dst}")
     target_dtype = parse_dtype(dtype)
-    if prefer not in ("model", "model_ema"):
-        raise ValueError(f"prefer must be 'model' or 'model_ema', not {prefer!r}")
     if dst.exists() and src.exists() and dst.resolve() == src.resolve():
         raise ValueError(f"source and destination are the same file: {src}")
-    skipped: list[str] = []
-    source_entry: str | None = None
-    if src.suffix == ".safetensors":
-        state = strip_module_prefix(load_safetensors(src))
-        carried_config = read_config_metadata(src)
-    else:
-        snapshot = load_torch_file(src)
-        raw_state, source_entry = extract_state_dict(snapshot, src, prefer)
-        state = strip_module_prefix(raw_state)
-        carried_config = torch_config_metadata(snapshot)
-        if source_entry is not None:
-            skipped = [str(k) for k in snapshot if k != source_entry]
+    contents = open_checkpoint(src, prefer)
+    state, carried_config, source_entry = contents.state, contents.config, contents.source_entry
+    skipped = [entry for entry in contents.entries if entry != source_entry]
     config = config_dict if config_dict is not None else carried_config
     metadata = {"format": "pt", "glip_label_source": src.name}
     if config is not None:
