@@ -72,10 +72,15 @@ def _detect_file_kind(path: Path) -> str:
     )
 
 
+def is_saved_dataset(folder: Path) -> bool:
+    """Whether `datasets` wrote this folder (`save_to_disk`): it is loaded with load_from_disk, not load_dataset."""
+    return any((folder / marker).is_file() for marker in HF_MARKERS)
+
+
 def _detect_folder_kind(root: Path) -> str:
-    names = {entry.name for entry in os.scandir(root)}
-    if any(marker in names for marker in HF_MARKERS):
+    if is_saved_dataset(root):
         return "hf"
+    names = {entry.name for entry in os.scandir(root)}
     if any(name.lower().endswith(".tar") and (root / name).is_file() for name in names):
         return "webdataset"
     if _has_captioned_image(root):

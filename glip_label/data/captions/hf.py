@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from glip_label.data.captions.detect import HF_MARKERS
+from glip_label.data.captions.detect import is_saved_dataset
 from glip_label.data.captions.items import BadRecord, CaptionError, CaptionItem
 from glip_label.data.captions.records import SourceOptions, check_caption, path_ref, phrases_of, record_id, record_meta
 from glip_label.data.captions.refs import ImageBytes, ImageRef
@@ -36,8 +36,7 @@ def open_hf(text: str, split: str, streaming: bool):
     datasets = import_datasets()
     path = Path(text)
     if path.is_dir():
-        names = {entry.name for entry in os.scandir(path)}
-        if any(marker in names for marker in HF_MARKERS):
+        if is_saved_dataset(path):
             # save_to_disk output cannot be streamed; load_from_disk memory-maps the arrow files instead.
             loaded = datasets.load_from_disk(str(path))
             if isinstance(loaded, datasets.DatasetDict):
