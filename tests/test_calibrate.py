@@ -81,11 +81,13 @@ def test_calibrated_beats_global_on_two_kinds_of_class():
     assert result["default"] == 0.35
     assert micro_f1_thresholds(per_class, 0.35) == {"cat": 0.35, "dog": 0.3}
     # The pooled fit, whose two classes' boxes are right above 0.3 in both, keeps dog's 0.3 box too (mapped
-    # back from the calibrated scale it must not be lost to rounding); the default is the mean of the two.
+    # back from the calibrated scale it must not be lost to rounding); the default is the mean of the two, the
+    # pooled fit weighing 10 / (10 + 3) for cat's three gold boxes.
     by_fit = pooled_fit_thresholds(per_class)
     assert by_fit["dog"] == 0.3 and 0.3 < by_fit["cat"] < 0.35
-    assert result["thresholds"] == {"cat": pytest.approx((0.35 + by_fit["cat"]) / 2), "dog": 0.3,
+    assert result["thresholds"] == {"cat": pytest.approx((3 * 0.35 + 10 * by_fit["cat"]) / 13), "dog": 0.3,
                                     "bird": result["default"]}
+    assert micro_f1_blend(per_class, 0.35) == {"cat": result["thresholds"]["cat"], "dog": 0.3}
     assert result["classes"]["cat"]["source"] == result["classes"]["dog"]["source"] == "gold"
     assert result["classes"]["bird"]["source"] == "fallback"
     assert result["thresholds"]["bird"] == result["default"] == result["global"]["threshold"]
@@ -265,6 +267,15 @@ def test_pooled_fit_moves_classes_by_how_their_scores_differ():
     # classes without a right box are left out; scores that fall as boxes get right give no fit at all
     per_class["bird"] = ClassMatches(np.array([0.5, 0.4]), np.array([False, False]), 1)
     assert set(pooled_fit_thresholds(per_class)) == {"cat", "dog"}
+    # the more gold boxes a class has, the less the pooled fit weighs against its own evidence
+    few, many = _classes_per_image(1, rates, n_images=8), _classes_per_image(1, rates, n_images=200)
+    for matches, most in ((few, 1.0), (many, 0.1)):
+        global_threshold, _ = pooled_threshold(matches)
+        own, fit = micro_f1_thresholds(matches, global_threshold), pooled_fit_thresholds(matches)
+        blend = micro_f1_blend(matches, global_threshold)
+        for name, m in matches.items():
+            share = 10 / (10 + m.n_gold)  # of the way from the class's own threshold to the pooled fit's
+            assert share <= most and blend[name] == pytest.approx(own[name] + share * (fit[name] - own[name]))
     upside_down = ClassMatches(np.linspace(0.1, 0.9, 20), np.arange(20) < 10, 10)
     assert pooled_fit_thresholds({"cat": upside_down}) == {}
     assert micro_f1_blend({"cat": upside_down}, 0.1) == micro_f1_thresholds({"cat": upside_down}, 0.1)

@@ -48,15 +48,16 @@ def calibrate(
                                            "(every box counts once) above one global threshold: the mean of one "
                                            "that moves a class only as far as its gold boxes give evidence "
                                            "(--evidence) and one fitted to all classes' boxes at once, each class "
-                                           "kept near the others; class-f1: each class's own best F1 (keeps more "
+                                           "kept near the others (weighing less as the class's gold boxes grow); "
+                                           "class-f1: each class's own best F1 (keeps more "
                                            "wrong boxes of weak classes); global: one threshold for every "
                                            "class.")] = "micro-f1",
     evidence: Annotated[float, typer.Option(help="micro-f1: how sure the gold boxes must be (posterior probability "
                                             "that the boxes crossed are right more, or less, often than the break-"
-                                            "even precision F1/2) before the evidence half of the mean moves a "
-                                            "class's threshold from the global one. 0 follows the gold set exactly "
-                                            "(for many gold images); higher stays closer to the global "
-                                            "threshold.")] = EVIDENCE,
+                                            "even precision F1/2) before the evidence-based part of the mean moves "
+                                            "a class's threshold from the global one. 0: that part follows the gold "
+                                            "set exactly (for many gold images, where the pooled fit weighs "
+                                            "little); higher stays closer to the global threshold.")] = EVIDENCE,
     floor: Annotated[float, typer.Option(help="Lowest score considered (boxes below are never kept).")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 1,
     verbose: VerboseOpt = False,
@@ -66,8 +67,9 @@ def calibrate(
 
     By default each class's threshold is the mean of two estimates, both of which start from the single best global
     threshold and aim at the micro F1 of the labels (every box counts once): one moves a class where its own gold
-    boxes give evidence for it, the other fits all classes' scores together and keeps each class near the others.
-    With a handful of gold boxes per class, thresholds that follow the gold set exactly fit its noise.
+    boxes give evidence for it, the other fits all classes' scores together and keeps each class near the others,
+    and counts less the more gold boxes a class has. With a handful of gold boxes per class, thresholds that follow
+    the gold set exactly fit its noise.
 
     --criterion class-f1 takes each class's own best F1; --criterion global one threshold for all;
     --target-precision the most recall at that precision.
