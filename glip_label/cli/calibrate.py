@@ -65,7 +65,7 @@ def calibrate(
 ) -> None:
     """Per-class score thresholds that maximise F1 (IoU 0.5) on a few gold images, for annotate --thresholds.
 
-    By default each class's threshold is the mean of two estimates, both of which start from the single best global
+    By default each class's threshold is a weighted mean of two estimates that start from the single best global
     threshold and aim at the micro F1 of the labels (every box counts once): one moves a class where its own gold
     boxes give evidence for it, the other fits all classes' scores together and keeps each class near the others,
     and counts less the more gold boxes a class has. With a handful of gold boxes per class, thresholds that follow

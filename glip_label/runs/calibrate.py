@@ -3,7 +3,7 @@
 One threshold for every class gives too many boxes for some classes and none for others. With a small
 gold set (tens of images boxed for the classes to label), the teacher's boxes on it are matched to the
 gold boxes (IoU >= 0.5, greedy by score as in COCO), which gives each class its precision-recall curve.
-The criteria (micro F1 of the labels by default: per class the mean of a threshold moved from one global
+The criteria (micro F1 of the labels by default: per class a weighted mean of a threshold moved from one global
 threshold only as far as its gold boxes give evidence and one from a fit of all classes' scores together; each
 class's own F1; one global threshold; a target precision) are in
 `glip_label.runs.thresholds`.
