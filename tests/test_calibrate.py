@@ -88,6 +88,8 @@ def test_calibrated_beats_global_on_two_kinds_of_class():
     assert result["thresholds"] == {"cat": pytest.approx((3 * 0.35 + 10 * by_fit["cat"]) / 13), "dog": 0.3,
                                     "bird": result["default"]}
     assert micro_f1_blend(per_class, 0.35) == {"cat": result["thresholds"]["cat"], "dog": 0.3}
+    assert result["classes"]["cat"]["evidence_rule"] == 0.35 and result["classes"]["cat"]["pooled_fit"] == by_fit["cat"]
+    assert "pooled_fit" not in result["classes"]["bird"]
     assert result["classes"]["cat"]["source"] == result["classes"]["dog"]["source"] == "gold"
     assert result["classes"]["bird"]["source"] == "fallback"
     assert result["thresholds"]["bird"] == result["default"] == result["global"]["threshold"]

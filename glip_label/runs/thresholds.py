@@ -285,7 +285,12 @@ def micro_f1_blend(per_class: dict[str, ClassMatches], global_threshold: float, 
     32 pictures, +0.020 with 64, +0.026 with 128 there, against +0.009, +0.020 and +0.025 for the evidence rule.
     """
     by_evidence = micro_f1_thresholds(per_class, global_threshold, evidence)
-    by_fit = pooled_fit_thresholds(per_class)
+    return weigh_pooled_fit(per_class, by_evidence, pooled_fit_thresholds(per_class))
+
+
+def weigh_pooled_fit(per_class: dict[str, ClassMatches], by_evidence: dict[str, float], by_fit: dict[str, float],
+                     ) -> dict[str, float]:
+    """`micro_f1_blend`'s weighted mean of the two estimates (classes the pooled fit left out keep by_evidence)."""
     thresholds = dict(by_evidence)
     for name, fitted in by_fit.items():
         weight = POOLED_FIT_WEIGHT / (POOLED_FIT_WEIGHT + per_class[name].n_gold)
@@ -330,9 +335,13 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
     boxed_matches = {c: per_class[c] for c in boxed}
     global_threshold, global_met = pooled_threshold(boxed_matches, target_precision)
     joint: dict[str, float] = {}
+    by_evidence: dict[str, float] = {}  # micro-f1's two parts (micro_f1_blend), kept for thresholds.json
+    by_fit: dict[str, float] = {}
     validation = None
     if target_precision is None and criterion == "micro-f1":
-        joint = micro_f1_blend(boxed_matches, global_threshold, evidence)
+        by_evidence = micro_f1_thresholds(boxed_matches, global_threshold, evidence)
+        by_fit = pooled_fit_thresholds(boxed_matches)
+        joint = weigh_pooled_fit(boxed_matches, by_evidence, by_fit)
         validation = cross_validate(boxed_matches, evidence=evidence)
         if validation is not None and validation["per_class_f1"] < validation["global_f1"]:
             log.warning("on held-out folds of the gold images the per-class thresholds scored micro F1 %.3f, one "
@@ -352,15 +361,16 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
             chosen, source = global_threshold, "global"
         elif joint:
             chosen = joint[name] if m.is_tp.any() else None
-            # "global": the gold boxes did not give the evidence to move this class
+            # "global": neither part moved this class
             source = "fallback" if chosen is None else "gold" if chosen != global_threshold else "global"
         else:
             chosen, met = choose_threshold(m.scores, m.is_tp, m.n_gold, target_precision)
             source = "gold" if chosen is not None else "fallback"
         chosen = max(floor, chosen) if chosen is not None else global_threshold
         thresholds[name] = chosen
+        parts = {"evidence_rule": by_evidence[name], "pooled_fit": by_fit.get(name)} if name in by_fit else {}
         classes[name] = {
-            "threshold": chosen, "source": source, "gold_boxes": m.n_gold,
+            "threshold": chosen, "source": source, "gold_boxes": m.n_gold, **parts,
             **({"target_met": met} if target_precision is not None and source == "gold" else {}),
             "at_threshold": prf_at(m.scores, m.is_tp, m.n_gold, chosen),
             "at_global": prf_at(m.scores, m.is_tp, m.n_gold, global_threshold),
@@ -428,4 +438,4 @@ __all__ = ["CRITERIA", "EVIDENCE", "ClassMatches", "MATCH_IOU", "POOLED_FIT_BOXE
            "POOLED_PRIOR_SD", "PRCurve", "THRESHOLDS_VERSION", "VALIDATION_FOLDS", "binomial_cdf",
            "calibrate_thresholds", "choose_threshold", "cross_validate", "micro_f1_blend", "micro_f1_thresholds",
            "micro_matches", "micro_prf", "pooled_fit_thresholds", "pooled_threshold", "pr_curve", "precision_above",
-           "prf_at", "prf_of_counts"]
+           "prf_at", "prf_of_counts", "weigh_pooled_fit"]
