@@ -36,7 +36,7 @@ from pathlib import Path
 
 from glip_label.io import atomic_write_json
 from glip_label.runs.demo import DemoOptions, demo_model_config
-from glip_label.runs.thresholds import calibrate_thresholds, micro_f1_thresholds, micro_prf
+from glip_label.runs.thresholds import calibrate_thresholds, micro_prf
 
 N_HELD_OUT = 200
 N_CALIBRATION = 32
@@ -114,8 +114,8 @@ def choose_thresholds(matches, categories) -> dict[str, dict]:
               for name, kwargs in CRITERIA.items() if kwargs is not None}
     default = chosen["per_class"]
     boxed = {c: m for c, m in matches.items() if m.n_gold > 0}
-    rule = micro_f1_thresholds(boxed, default["default"])
-    previous = {c: rule[c] if c in boxed and boxed[c].is_tp.any() else default["default"] for c in categories}
+    # the default keeps its evidence-rule part per class (classes without it use the global threshold)
+    previous = {c: default["classes"][c].get("evidence_rule", default["default"]) for c in categories}
     return {**chosen, "evidence_rule": dict(default, thresholds=previous, per_class_micro=micro_prf(boxed, previous))}
 
 

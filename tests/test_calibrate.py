@@ -87,7 +87,7 @@ def test_calibrated_beats_global_on_two_kinds_of_class():
     assert by_fit["dog"] == 0.3 and 0.3 < by_fit["cat"] < 0.35
     assert result["thresholds"] == {"cat": pytest.approx((3 * 0.35 + 10 * by_fit["cat"]) / 13), "dog": 0.3,
                                     "bird": result["default"]}
-    assert micro_f1_blend(per_class, 0.35) == {"cat": result["thresholds"]["cat"], "dog": 0.3}
+    assert micro_f1_blend(per_class, 0.35).thresholds == {"cat": result["thresholds"]["cat"], "dog": 0.3}
     assert result["classes"]["cat"]["evidence_rule"] == 0.35 and result["classes"]["cat"]["pooled_fit"] == by_fit["cat"]
     assert "pooled_fit" not in result["classes"]["bird"]
     assert result["classes"]["cat"]["source"] == result["classes"]["dog"]["source"] == "gold"
@@ -274,13 +274,13 @@ def test_pooled_fit_moves_classes_by_how_their_scores_differ():
     for matches, most in ((few, 1.0), (many, 0.1)):
         global_threshold, _ = pooled_threshold(matches)
         own, fit = micro_f1_thresholds(matches, global_threshold), pooled_fit_thresholds(matches)
-        blend = micro_f1_blend(matches, global_threshold)
+        blend = micro_f1_blend(matches, global_threshold).thresholds
         for name, m in matches.items():
             share = 10 / (10 + m.n_gold)  # of the way from the class's own threshold to the pooled fit's
             assert share <= most and blend[name] == pytest.approx(own[name] + share * (fit[name] - own[name]))
     upside_down = ClassMatches(np.linspace(0.1, 0.9, 20), np.arange(20) < 10, 10)
     assert pooled_fit_thresholds({"cat": upside_down}) == {}
-    assert micro_f1_blend({"cat": upside_down}, 0.1) == micro_f1_thresholds({"cat": upside_down}, 0.1)
+    assert micro_f1_blend({"cat": upside_down}, 0.1).thresholds == micro_f1_thresholds({"cat": upside_down}, 0.1)
 
 
 def test_posterior_precision_against_the_beta_density():

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -267,8 +267,16 @@ def pooled_fit_thresholds(per_class: dict[str, ClassMatches], prior_sd: float = 
     return thresholds
 
 
+class MicroF1Blend(NamedTuple):
+    """micro_f1_blend's thresholds and the two estimates they weigh (thresholds.json shows both)."""
+
+    thresholds: dict[str, float]
+    evidence_rule: dict[str, float]  # micro_f1_thresholds
+    pooled_fit: dict[str, float]  # pooled_fit_thresholds ({} when the fit failed; without classes lacking a TP)
+
+
 def micro_f1_blend(per_class: dict[str, ClassMatches], global_threshold: float, evidence: float = EVIDENCE,
-                   ) -> dict[str, float]:
+                   ) -> MicroF1Blend:
     """The micro-f1 criterion's thresholds: per class, a weighted mean of the evidence rule's
     (`micro_f1_thresholds`) and the pooled fit's (`pooled_fit_thresholds`). With a handful of gold boxes per class
     both err, and differently: the evidence rule moves a class only where its own boxes show it, by whole bands of
@@ -285,17 +293,12 @@ def micro_f1_blend(per_class: dict[str, ClassMatches], global_threshold: float, 
     32 pictures, +0.020 with 64, +0.026 with 128 there, against +0.009, +0.020 and +0.025 for the evidence rule.
     """
     by_evidence = micro_f1_thresholds(per_class, global_threshold, evidence)
-    return weigh_pooled_fit(per_class, by_evidence, pooled_fit_thresholds(per_class))
-
-
-def weigh_pooled_fit(per_class: dict[str, ClassMatches], by_evidence: dict[str, float], by_fit: dict[str, float],
-                     ) -> dict[str, float]:
-    """`micro_f1_blend`'s weighted mean of the two estimates (classes the pooled fit left out keep by_evidence)."""
+    by_fit = pooled_fit_thresholds(per_class)
     thresholds = dict(by_evidence)
     for name, fitted in by_fit.items():
         weight = POOLED_FIT_WEIGHT / (POOLED_FIT_WEIGHT + per_class[name].n_gold)
         thresholds[name] = weight * fitted + (1 - weight) * by_evidence[name]
-    return thresholds
+    return MicroF1Blend(thresholds, by_evidence, by_fit)
 
 
 def micro_matches(per_class: dict[str, ClassMatches]) -> ClassMatches:
@@ -334,14 +337,10 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
         raise ValueError("the gold set boxes none of the classes: nothing to calibrate on")
     boxed_matches = {c: per_class[c] for c in boxed}
     global_threshold, global_met = pooled_threshold(boxed_matches, target_precision)
-    joint: dict[str, float] = {}
-    by_evidence: dict[str, float] = {}  # micro-f1's two parts (micro_f1_blend), kept for thresholds.json
-    by_fit: dict[str, float] = {}
+    blend: MicroF1Blend | None = None
     validation = None
     if target_precision is None and criterion == "micro-f1":
-        by_evidence = micro_f1_thresholds(boxed_matches, global_threshold, evidence)
-        by_fit = pooled_fit_thresholds(boxed_matches)
-        joint = weigh_pooled_fit(boxed_matches, by_evidence, by_fit)
+        blend = micro_f1_blend(boxed_matches, global_threshold, evidence)
         validation = cross_validate(boxed_matches, evidence=evidence)
         if validation is not None and validation["per_class_f1"] < validation["global_f1"]:
             log.warning("on held-out folds of the gold images the per-class thresholds scored micro F1 %.3f, one "
@@ -359,8 +358,8 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
         met = True
         if target_precision is None and criterion == "global":
             chosen, source = global_threshold, "global"
-        elif joint:
-            chosen = joint[name] if m.is_tp.any() else None
+        elif blend is not None:
+            chosen = blend.thresholds[name] if m.is_tp.any() else None
             # "global": neither part moved this class
             source = "fallback" if chosen is None else "gold" if chosen != global_threshold else "global"
         else:
@@ -368,7 +367,8 @@ def calibrate_thresholds(per_class: dict[str, ClassMatches], categories: Sequenc
             source = "gold" if chosen is not None else "fallback"
         chosen = max(floor, chosen) if chosen is not None else global_threshold
         thresholds[name] = chosen
-        parts = {"evidence_rule": by_evidence[name], "pooled_fit": by_fit.get(name)} if name in by_fit else {}
+        parts = ({"evidence_rule": blend.evidence_rule[name], "pooled_fit": blend.pooled_fit.get(name)}
+                 if blend is not None and m.is_tp.any() else {})
         classes[name] = {
             "threshold": chosen, "source": source, "gold_boxes": m.n_gold, **parts,
             **({"target_met": met} if target_precision is not None and source == "gold" else {}),
@@ -426,7 +426,7 @@ def cross_validate(per_class: dict[str, ClassMatches], folds: int = VALIDATION_F
             global_threshold, _ = pooled_threshold(fit)
         except ValueError:  # no true positive in this fold's fitting images: both kinds alike, skip it
             continue
-        joint = micro_f1_blend(fit, global_threshold, evidence)
+        joint = micro_f1_blend(fit, global_threshold, evidence).thresholds
         for kind, thresholds in (("per_class", joint), ("global", dict.fromkeys(per_class, global_threshold))):
             r = micro_prf(scored, thresholds)
             counts[kind] += (r["tp"], r["kept"], r["gold"])
@@ -434,8 +434,8 @@ def cross_validate(per_class: dict[str, ClassMatches], folds: int = VALIDATION_F
     return {"folds": folds, "images": len(images), "per_class_f1": f1["per_class"], "global_f1": f1["global"]}
 
 
-__all__ = ["CRITERIA", "EVIDENCE", "ClassMatches", "MATCH_IOU", "POOLED_FIT_BOXES", "POOLED_FIT_WEIGHT",
+__all__ = ["CRITERIA", "EVIDENCE", "ClassMatches", "MATCH_IOU", "MicroF1Blend", "POOLED_FIT_BOXES", "POOLED_FIT_WEIGHT",
            "POOLED_PRIOR_SD", "PRCurve", "THRESHOLDS_VERSION", "VALIDATION_FOLDS", "binomial_cdf",
            "calibrate_thresholds", "choose_threshold", "cross_validate", "micro_f1_blend", "micro_f1_thresholds",
            "micro_matches", "micro_prf", "pooled_fit_thresholds", "pooled_threshold", "pr_curve", "precision_above",
-           "prf_at", "prf_of_counts", "weigh_pooled_fit"]
+           "prf_at", "prf_of_counts"]
