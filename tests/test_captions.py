@@ -208,6 +208,25 @@ def test_webdataset_single_tar_and_glob(shards: Path) -> None:
         detect_source_kind(str(shards / "*.tgz"))
 
 
+def test_webdataset_brace_patterns_name_shards_as_webdataset_does(shards: Path) -> None:
+    """wds.WebDataset("shards/0000{0..1}.tar") is how webdataset users name shards (quoted, so the shell leaves
+    the braces to us): the same items as the folder, in the pattern's order; a shard the pattern names that is not
+    there fails before anything is read."""
+    from glip_label.data.captions import expand_braces
+
+    assert expand_braces("s-{000000..000002}.tar") == ["s-000000.tar", "s-000001.tar", "s-000002.tar"]
+    assert detect_source_kind(str(shards / "0000{0..1}.tar")) == "webdataset"
+    in_folder = [i.id for i in iter_captions(shards)]
+    assert [i.id for i in iter_captions(str(shards / "0000{0..1}.tar"))] == in_folder
+    assert [i.id for i in iter_captions(str(shards / "0000{1,0}.tar"))][:3] == in_folder[-3:]  # the order given
+    with pytest.raises(FileNotFoundError, match="1 of the shards .* do not exist, first .*00002.tar"):
+        detect_source_kind(str(shards / "0000{0..2}.tar"))
+    with pytest.raises(FileNotFoundError, match="matches no .tar shard"):
+        detect_source_kind(str(shards / "1000{0..2}.tar"))
+    with pytest.raises(ValueError, match="Unbalanced braces"):
+        detect_source_kind(str(shards / "0000{0..1.tar"))
+
+
 def test_webdataset_loading_leaks_no_file_handles(shards: Path) -> None:
     if not Path("/proc/self/fd").is_dir():
         pytest.skip("needs /proc/self/fd to count open files")

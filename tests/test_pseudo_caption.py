@@ -138,6 +138,17 @@ def test_a_run_that_grounds_nothing_fails_after_writing_why(tiny_checkpoint, tmp
     assert (tmp_path / "out" / "grounding.odvg.jsonl").read_text() == ""
 
 
+def test_a_corpus_that_is_not_there_fails_before_the_model_loads(tmp_path):
+    """A mistyped corpus path or a shard pattern naming missing shards: exit 2 with the reason, no run folder,
+    and no model loaded first (the model path here does not exist either, so loading it would fail otherwise)."""
+    for source, reason in ((tmp_path / "nope.jsonl", "does not exist"),
+                           (tmp_path / "shard-{000000..000003}.tar", "matches no .tar shard")):
+        result = runner.invoke(app, ["pseudo-caption", str(source), "--model", str(tmp_path / "no-model.pth"),
+                                     "--out", str(tmp_path / "out")])
+        assert result.exit_code == 2 and reason in result.output, result.output
+        assert "no-model" not in result.output and not (tmp_path / "out").exists()
+
+
 KILL_SCRIPT = """
 import sys, time
 from pathlib import Path

@@ -407,6 +407,8 @@ def captioned(tiny_checkpoint, tmp_path_factory):
     runs = {}
     for kind, make in SOURCES.items():
         source = make(base / f"src-{kind}")
+        if kind == "webdataset":  # named as a webdataset pipeline names them: wds.WebDataset(".../shard-{..}.tar")
+            source = source / "shard-{000000..000001}.tar"
         out = base / f"out-{kind}"
         summary = pseudo_caption(PseudoCaptionOptions(source=str(source), out=out, model=str(tiny_checkpoint),
                                                       phrases="rule", box_floor=0.05, batch_size=2, torch_threads=1,

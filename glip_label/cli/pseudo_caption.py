@@ -38,7 +38,8 @@ PSEUDO_CAPTION_OPTIONS = OptionMap(
 @with_params(LABELING_PARAMS)
 def pseudo_caption(
     source: Annotated[str, typer.Argument(help="Caption corpus: an img2dataset folder (image + .txt), webdataset .tar "
-                                          "shards (a file, folder or glob), a .jsonl/.csv/.tsv with image and caption "
+                                          "shards (a file, a folder, a glob, or webdataset's quoted brace pattern "
+                                          "'shards/{00000..00999}.tar'), a .jsonl/.csv/.tsv with image and caption "
                                           "columns, a COCO captions json, or a Hugging Face dataset (hub name or "
                                           "saved folder).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: grounding.odvg.jsonl, grounding.mdetr.json, "

@@ -34,6 +34,7 @@ from glip_label.data.captions import (
     ImageRef,
     TarMember,
     detect_source_kind,
+    is_shard_pattern,
     iter_captions,
     load_caption_image,
 )
@@ -61,7 +62,7 @@ def image_source_spec(
     """
     kind = detect_source_kind(source)
     text = os.path.expanduser(str(source))
-    local = Path(text).exists() or any(ch in text for ch in "*?[")
+    local = Path(text).exists() or is_shard_pattern(text)
     return {
         "kind": kind,
         "source": os.path.abspath(text) if local else text,

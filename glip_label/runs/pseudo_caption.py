@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from glip_label import __version__
-from glip_label.data.captions import CaptionError, CaptionItem, iter_captions, load_caption_image
+from glip_label.data.captions import CaptionError, CaptionItem, detect_source_kind, iter_captions, load_caption_image
 from glip_label.data.images import LoadedImage
 from glip_label.io import atomic_open, atomic_write_json
 from glip_label.precision import dtype_name, parse_dtype
@@ -295,6 +295,7 @@ def pseudo_caption(options: PseudoCaptionOptions, predictor=None, progress: bool
     """Ground a caption corpus into `options.out` (see the module docstring)."""
     options.validate()
     finder = PhraseFinder(options.phrases, _class_names(options))
+    detect_source_kind(options.source)  # a missing or unrecognised corpus fails now, not after the model loads
     out = Path(options.out)
     started = time.perf_counter()
     labeler = PseudoCaptionLabeler(options, finder, predictor)

@@ -34,7 +34,7 @@ record's fields in :mod:`.records` and :mod:`.phrases`; detection in :mod:`.dete
 :mod:`.load`. This package exports the public names of all of them.
 """
 
-from glip_label.data.captions.detect import SOURCE_KINDS, detect_source_kind
+from glip_label.data.captions.detect import SOURCE_KINDS, detect_source_kind, expand_braces, is_shard_pattern
 from glip_label.data.captions.hf import DATASETS_EXTRA_HINT
 from glip_label.data.captions.items import CaptionError, CaptionItem
 from glip_label.data.captions.iterate import iter_captions
@@ -53,6 +53,8 @@ __all__ = [
     "ImageRef",
     "TarMember",
     "detect_source_kind",
+    "expand_braces",
+    "is_shard_pattern",
     "iter_captions",
     "load_caption_image",
     "parse_phrases",

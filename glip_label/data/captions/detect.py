@@ -34,11 +34,10 @@ def detect_source_kind(source: str | Path) -> str:
         return _detect_file_kind(path)
     if path.is_dir():
         return _detect_folder_kind(path)
-    if any(ch in text for ch in "*?["):
-        matches = glob_tars(text)
-        if matches:
+    if is_shard_pattern(text):
+        if match_tars(text):
             return "webdataset"
-        raise FileNotFoundError(f"caption source glob {text!r} matches no .tar shard")
+        raise FileNotFoundError(f"caption source pattern {text!r} matches no .tar shard")
     if _looks_like_hub_name(text):
         return "hf"
     raise FileNotFoundError(
@@ -139,6 +138,43 @@ def _describe_folder(root: Path, max_files: int = 100_000) -> str:
     return ", ".join(f"{n} {suffix}" for suffix, n in ranked[:8]) + (", ..." if len(ranked) > 8 else "")
 
 
-def glob_tars(pattern: str) -> list[Path]:
-    """The ``.tar`` files a glob matches, sorted (``**`` spans folders)."""
-    return [Path(p) for p in sorted(glob.glob(pattern, recursive=True)) if p.lower().endswith(".tar")]
+SHARD_PATTERN_CHARS = "*?[{"
+
+
+def is_shard_pattern(text: str) -> bool:
+    """Whether a source names its shards by a pattern (glob wildcards or webdataset's braces)."""
+    return any(ch in text for ch in SHARD_PATTERN_CHARS)
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """webdataset's shard notation, ``shards-{000000..000099}.tar`` or ``{train,val}-{0..3}.tar``: expanded by
+    `braceexpand`, the package webdataset expands its URLs with, so a pattern names the same shards here as in
+    the user's webdataset pipeline (bash's rules: zero-padded ranges, nesting, a brace without ``..`` or ``,``
+    kept as it is). Users quote the pattern so that the shell leaves it to us."""
+    from braceexpand import UnbalancedBracesError, braceexpand
+
+    try:
+        return list(braceexpand(pattern))
+    except UnbalancedBracesError as exc:
+        raise ValueError(f"caption source pattern {pattern!r}: {exc}") from None
+
+
+def match_tars(pattern: str) -> list[Path]:
+    """The ``.tar`` shards a pattern names, in its order: webdataset's braces are expanded first
+    (:func:`expand_braces`), then each name is globbed (sorted; ``**`` spans folders). A shard that the braces
+    name outright but that is not there raises FileNotFoundError before any is read (webdataset would stop at
+    it halfway through a run)."""
+    found: dict[Path, None] = {}
+    missing = []
+    for name in expand_braces(pattern):
+        if any(ch in name for ch in "*?["):
+            found.update(dict.fromkeys(Path(p) for p in sorted(glob.glob(name, recursive=True))
+                                       if p.lower().endswith(".tar")))
+        elif Path(name).is_file():
+            if name.lower().endswith(".tar"):
+                found[Path(name)] = None
+        else:
+            missing.append(name)
+    if missing and found:
+        raise FileNotFoundError(f"{len(missing)} of the shards {pattern!r} names do not exist, first {missing[0]!r}")
+    return list(found)

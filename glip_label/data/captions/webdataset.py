@@ -14,7 +14,7 @@ import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from glip_label.data.captions.detect import glob_tars
+from glip_label.data.captions.detect import match_tars
 from glip_label.data.captions.items import BadRecord, CaptionError, CaptionItem
 from glip_label.data.captions.records import (
     Columns,
@@ -31,7 +31,8 @@ _WDS_IMAGE_EXTS: tuple[str, ...] = ("jpg", "jpeg", "png", "webp", "bmp", "tif", 
 
 
 def iter_webdataset(source: str, options: SourceOptions) -> Iterator[CaptionItem | CaptionError]:
-    """The items of every shard of ``source`` (one .tar, a folder of them, or a glob), shard by shard.
+    """The items of every shard of ``source`` (one .tar, a folder of them, a glob or webdataset's brace
+    pattern), shard by shard.
 
     The shards are listed now, the shards themselves read as the items are consumed.
     """
@@ -44,7 +45,7 @@ def _tar_shards(text: str) -> list[Path]:
         return [path]
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.suffix.lower() == ".tar" and p.is_file())
-    return glob_tars(text)
+    return match_tars(text)
 
 
 def _split_member_name(name: str) -> tuple[str, str] | None:
