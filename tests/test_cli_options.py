@@ -8,8 +8,11 @@ the CLI) fails here, naming the option.
 from __future__ import annotations
 
 import dataclasses
+import re
+import shlex
 from pathlib import Path
 
+import click
 import pytest
 import typer.main
 from typer.testing import CliRunner
@@ -125,3 +128,40 @@ def test_train_student_options_are_built_through_the_table(monkeypatch):
 def test_build_refuses_computed_fields_the_table_does_not_list():
     with pytest.raises(TypeError, match="computed"):
         TRAIN_STUDENT_OPTIONS.build({}, model="x")
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shown_commands() -> list[tuple[str, list[str]]]:
+    """Every `glip-label ...` line that --help epilogs and the README show: (where, arguments). Backslash
+    continuations are joined; a trailing `# comment` or `   (note)` is cut; lines with `...` are outlines."""
+    texts = [(name, command.epilog or "") for name, command in typer.main.get_command(app).commands.items()]
+    texts.append(("README.md", (REPO / "README.md").read_text(encoding="utf-8")))
+    shown = []
+    for where, text in texts:
+        for line in text.replace("\\\n", " ").splitlines():
+            line = line.strip()
+            if not line.startswith("glip-label "):
+                continue
+            body = re.sub(r"\s+#.*$", "", re.sub(r"\s{2,}\(.*\)\s*$", "", line))
+            args = shlex.split(body)[1:]
+            if "..." not in args:
+                shown.append((where, args))
+    return shown
+
+
+def test_every_command_the_help_and_readme_show_parses_today():
+    """A renamed or removed option, or a bundled file moved, breaks the examples users copy first: each shown
+    command must parse with the CLI as it is (click's own parser, nothing runs), and name only bundled files
+    that exist."""
+    shown = _shown_commands()
+    assert len(shown) >= 40 and {args[0] for _, args in shown} >= {*TABLES, "merge", "evaluate", "demo", "info"}
+    for where, args in shown:
+        try:
+            _command(args[0]).make_context(args[0], args[1:])
+        except click.exceptions.ClickException as exc:
+            raise AssertionError(f"{where}: glip-label {shlex.join(args)}: {exc.format_message()}") from None
+        for arg in args:
+            if arg.startswith(("prompts/", "examples/")):
+                assert (REPO / arg).exists(), f"{where}: glip-label {shlex.join(args)}: {arg} is not in the repo"
