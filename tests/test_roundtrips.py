@@ -209,6 +209,30 @@ def test_real_ultralytics_reads_every_yolo_box(annotated, monkeypatch, tmp_path)
             written.unlink()
 
 
+def test_our_yolo_folder_reads_back_as_our_coco(annotated):
+    """annotate's yolo/data.yaml as train-student --gold reads it (Ultralytics' rules,
+    glip_label/formats/yolo_dataset.py): every image, with the COCO file's boxes and classes."""
+    from glip_label.formats.yolo_dataset import read_yolo_dataset
+
+    out = annotated["out"]
+    coco = json.loads((out / "annotations.coco.json").read_text())
+    back = read_yolo_dataset(out / "yolo" / "data.yaml", "train")
+    assert back["yolo"]["corrupt"] == [] and back["yolo"]["without_labels"] == 0
+
+    def boxes(data: dict, prefix: str = "") -> dict[str, list[tuple]]:
+        names = {c["id"]: c["name"] for c in data["categories"]}
+        files = {im["id"]: im["file_name"].removeprefix(prefix) for im in data["images"]}
+        found: dict[str, list[tuple]] = {name: [] for name in files.values()}
+        for a in data["annotations"]:
+            found[files[a["image_id"]]].append((names[a["category_id"]], *a["bbox"]))
+        return found
+
+    ours, theirs = boxes(coco), boxes(back, prefix="images/")
+    assert ours.keys() == theirs.keys() and sum(map(len, ours.values())) > 0
+    for name, expected in ours.items():
+        _assert_same_boxes(theirs[name], expected, atol=0.01)  # COCO keeps 2 decimals of a pixel
+
+
 # ---------------------------------------------------------------------------- one box, every format
 
 

@@ -33,8 +33,9 @@ CALIBRATE_OPTIONS = OptionMap(
 )
 @with_params(DEVICE_PARAMS, TTA_PARAMS)
 def calibrate(
-    gold: Annotated[str, typer.Option(help="A small gold set (tens of images), COCO detection json, as FILE or "
-                                      "FILE@IMAGE_ROOT; its category names are matched to the classes.")],
+    gold: Annotated[str, typer.Option(help="A small gold set (tens of images): a COCO detection json, as FILE "
+                                      "or FILE@IMAGE_ROOT, or a YOLO data.yaml (its val split); its category names "
+                                      "are matched to the classes.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: thresholds.json, ontology.calibrated.yaml, "
                                       "pr_curves/*.png.")] = Path("runs/calibrate"),
     prompt: Annotated[str | None, typer.Option("--prompt", "-p", help="Classes as 'a. b. c.'")] = None,

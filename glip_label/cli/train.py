@@ -45,6 +45,8 @@ TRAIN_STUDENT_OPTIONS = OptionMap(
     "  glip-label train-student --gold gold.coco.json --config glip-tiny --out runs/tiny --max-steps 500\n\n"
     "  glip-label train-student --gold gold.coco.json --pseudo runs/ann/annotations.coco.json --backbone resnet50 "
     "--out runs/r50   (distil into a timm backbone)\n\n"
+    "  glip-label train-student --gold pets/data.yaml --val pets/data.yaml --init glip-t --out runs/pets   "
+    "(a YOLO dataset, e.g. a Roboflow export: train and val splits)\n\n"
     "  torchrun --nproc_per_node 2 -m glip_label train-student --gold gold.coco.json --out runs/ddp  (DDP)\n\n"
     "  glip-label train-student ... --out runs/student --resume   (continue from the last checkpoint)",
 )
@@ -53,15 +55,17 @@ def train_student(
                                       "model_final.safetensors, config.yaml, checkpoints/, metrics.csv, metrics.json."
                                       )],
     gold: Annotated[list[str] | None, typer.Option(help="Gold data file, repeatable: COCO detection, ODVG "
-                                                   "(detection or grounding) or MDETR-style grounding, detected from "
-                                                   "the content. Images resolve against the file's folder, or ROOT "
-                                                   "when written FILE@ROOT.")] = None,
+                                                   "(detection or grounding), MDETR-style grounding or a YOLO "
+                                                   "data.yaml (its train split), detected from the content. Images "
+                                                   "resolve against the file's folder, or ROOT when written "
+                                                   "FILE@ROOT.")] = None,
     pseudo: Annotated[list[str] | None, typer.Option(help="Pseudo-labelled file, repeatable (annotate's "
                                                      "annotations.coco.json / .odvg.jsonl, pseudo-caption's "
                                                      "grounding.*); boxes below --pseudo-min-score are dropped.")
                       ] = None,
-    val: Annotated[list[str] | None, typer.Option(help="Validation file, repeatable: COCO detection (box AP) or "
-                                                  "MDETR-style grounding (Recall@1/5/10); evaluated at the end.")
+    val: Annotated[list[str] | None, typer.Option(help="Validation file, repeatable: COCO detection or a YOLO "
+                                                  "data.yaml's val split (box AP), or MDETR-style grounding "
+                                                  "(Recall@1/5/10); evaluated at the end.")
                    ] = None,
     config: Annotated[str | None, typer.Option("--config", "-c", help="Student architecture: a preset "
                                                f"({ARCHITECTURES_TEXT}; default glip-tiny) or an official yaml. "
@@ -138,9 +142,9 @@ def train_student(
     "--json runs/glip-t-flickr.json",
 )
 def evaluate(
-    val: Annotated[list[str], typer.Option(help="COCO detection file (box mAP with COCOeval) or MDETR-style "
-                                           "grounding file (Recall@1/5/10), repeatable; FILE@ROOT for images "
-                                           "elsewhere.")],
+    val: Annotated[list[str], typer.Option(help="COCO detection file or YOLO data.yaml (its val split; box mAP "
+                                           "with COCOeval) or MDETR-style grounding file (Recall@1/5/10), "
+                                           "repeatable; FILE@ROOT for images elsewhere.")],
     model: ModelOpt = "glip-t",
     config: ConfigOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass for detection (1 reproduces the "

@@ -80,11 +80,12 @@ def collect_matches(predictor, gold: str | Path, ontology: Ontology, floor: floa
     """
     from glip_label.data.images import ImageError, load_image
     from glip_label.data.sources import parse_data_arg
-    from glip_label.formats.coco import read_coco, xywh_to_xyxy
+    from glip_label.formats.coco import xywh_to_xyxy
+    from glip_label.formats.yolo_dataset import read_detection_gold
     from glip_label.tta import predict_tta
 
     gold_path, root = parse_data_arg(gold)
-    data = read_coco(gold_path)
+    data = read_detection_gold(gold_path)
     root = root or gold_path.resolve().parent
     if not data["images"]:
         raise ValueError(f"{gold_path}: no images")

@@ -153,14 +153,14 @@ def evaluate_files(
     for spec in val:
         path, root = parse_data_arg(spec)
         fmt = detect_format(path)
-        if fmt == "coco":
+        if fmt in ("coco", "yolo"):
             metrics = evaluate_detection(predictor, path, root, batch_size=batch_size, progress=progress,
                                          category_groups=category_groups)
         elif fmt == "mdetr":
             metrics = evaluate_grounding(predictor, path, root, progress=progress)
         else:
-            raise ValueError(f"{path}: validation needs a COCO detection file (box AP) or an MDETR-style grounding "
-                             f"file (Recall@k), got {fmt}")
+            raise ValueError(f"{path}: validation needs a COCO detection file or YOLO data.yaml (box AP) or an "
+                             f"MDETR-style grounding file (Recall@k), got {fmt}")
         per_file[str(path)] = metrics
         for key, value in metrics.items():
             if isinstance(value, (int, float)) and key not in flat:
@@ -174,8 +174,9 @@ def _check_val_files(val: Sequence[str]) -> None:
 
     for spec in val:
         path, root = parse_data_arg(spec)
-        if detect_format(path) not in ("coco", "mdetr"):
-            raise ValueError(f"{path}: --val takes COCO detection or MDETR-style grounding files")
+        if detect_format(path) not in ("coco", "yolo", "mdetr"):
+            raise ValueError(f"{path}: --val takes COCO detection files, YOLO data.yaml files (their val split) or "
+                             "MDETR-style grounding files")
         check_images_readable(path, root)
 
 

@@ -34,8 +34,10 @@ import torch
 
 from glip_label.data.image_refs import image_resolver
 from glip_label.data.images import ImageError
-from glip_label.formats.coco import BBOX_DECIMALS, evaluate_coco, read_coco, xywh_to_xyxy, xyxy_to_xywh
+from glip_label.data.sources.detect import detect_format
+from glip_label.formats.coco import BBOX_DECIMALS, evaluate_coco, xywh_to_xyxy, xyxy_to_xywh
 from glip_label.formats.mdetr import read_mdetr
+from glip_label.formats.yolo_dataset import read_detection_gold
 from glip_label.records import Detections
 from glip_label.train.assign import box_iou_plus_one
 
@@ -79,8 +81,12 @@ def check_images_readable(path: str | Path, image_root: str | Path | None = None
     """Fail early (before hours of training) when none of the first `probe` images of a validation file
     can be read where `evaluate_detection` / `evaluate_grounding` will look for them."""
     path = Path(path)
-    with open(path, encoding="utf-8") as fh:
-        names = list(dict.fromkeys(str(img.get("file_name")) for img in json.load(fh).get("images", [])))[:probe]
+    if detect_format(path) == "yolo":
+        images = read_detection_gold(path)["images"]
+    else:
+        with open(path, encoding="utf-8") as fh:
+            images = json.load(fh).get("images", [])
+    names = list(dict.fromkeys(str(img.get("file_name")) for img in images))[:probe]
     resolver = image_resolver(path, image_root)
     failures = []
     for name in names:
@@ -108,7 +114,7 @@ def evaluate_detection(
     progress: bool = False,
     category_groups: dict[str, Sequence[str]] | None = None,
 ) -> dict[str, Any]:
-    """COCO box AP of `predictor` on a gold COCO detection file.
+    """COCO box AP of `predictor` on a gold COCO detection file, or on the val split of a YOLO data.yaml.
 
     category_groups: named subsets of class names, e.g. {"base": [...], "novel": [...]}; each adds
     `ap_{name}` and `ap50_{name}` (COCOeval restricted to those categories) to the result.
@@ -124,7 +130,7 @@ def evaluate_detection(
     `NothingEvaluatedError` when no image could be read.
     """
     gold_path = Path(gold_coco_path)
-    gold = read_coco(gold_path)
+    gold = read_detection_gold(gold_path)
     categories = sorted(gold["categories"], key=lambda c: c["id"])
     if not categories:
         raise ValueError(f"{gold_path}: no categories, nothing to prompt with")

@@ -1,10 +1,12 @@
 """Training files for GLIP students, gold or pseudo-labelled: format name -> reader, and reading one file.
 
-Four formats are read, recognised from their content (`detect_format`):
+Five formats are read, recognised from their content (`detect_format`):
 - "coco": COCO detection (gold files, and our `annotations.coco.json` whose annotations carry a ``score``);
 - "odvg-detection" / "odvg-grounding": ODVG JSON Lines (our `annotations.odvg.jsonl` /
   `grounding.odvg.jsonl`, Open-GroundingDino and mmdetection files);
-- "mdetr": MDETR-style grounding COCO (GoldG files, our `grounding.mdetr.json`).
+- "mdetr": MDETR-style grounding COCO (GoldG files, our `grounding.mdetr.json`);
+- "yolo": an Ultralytics dataset ``data.yaml`` (Roboflow / CVAT exports, our ``yolo/data.yaml``), its ``train``
+  split read by Ultralytics' rules into a COCO dict (`glip_label.formats.yolo_dataset`), then as "coco".
 
 Each reader lives in its own module and fills `glip_label.data.samples.GroundingSample`s through
 `SourceFile.sample`, which applies the pseudo-label filter (`glip_label.data.pseudo_filter`).
@@ -16,7 +18,7 @@ import logging
 import math
 from pathlib import Path
 
-from glip_label.data.image_refs import image_resolver
+from glip_label.data.image_refs import ImageResolver, image_resolver
 from glip_label.data.pseudo_filter import BoxFilter
 from glip_label.data.samples import GroundingSample, GroundingSource
 from glip_label.data.sources.coco import read_coco
@@ -24,6 +26,7 @@ from glip_label.data.sources.common import Reader, SourceFile
 from glip_label.data.sources.detect import detect_format, sniff
 from glip_label.data.sources.mdetr import read_mdetr
 from glip_label.data.sources.odvg import read_odvg_detection, read_odvg_grounding
+from glip_label.formats.yolo_dataset import read_yolo_dataset
 from glip_label.io import read_json
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ READERS: dict[str, Reader] = {
     "odvg-detection": read_odvg_detection,
     "odvg-grounding": read_odvg_grounding,
     "mdetr": read_mdetr,
+    "yolo": read_coco,  # on the COCO dict of the dataset's train split (load_source converts it)
 }
 FORMATS = tuple(READERS)
 
@@ -61,7 +65,7 @@ def load_source(
     label_map: dict[str, str] | str | Path | None = None,
     min_margin: float | None = None,
 ) -> GroundingSource:
-    """Read one training file (any of the four formats) into a `GroundingSource`.
+    """Read one training file (any of the five formats) into a `GroundingSource`.
 
     path may be "FILE@ROOT". Images are found by `glip_label.data.image_refs.image_resolver`: ROOT,
     else what the run.json beside the file records (our own outputs, including webdataset shards and
@@ -79,7 +83,14 @@ def load_source(
         file_path, root_path = Path(path), Path(root)
     if not file_path.is_file():
         raise FileNotFoundError(f"training data file {file_path} does not exist")
-    images = image_resolver(file_path, root_path)
+    fmt, data = sniff(file_path)
+    if fmt == "yolo":  # a data.yaml names its own images: relative to its folder, or absolute
+        if root_path is not None:
+            raise ValueError(f"{file_path}: a YOLO data.yaml names its own images; drop '@{root_path}'")
+        data = read_yolo_dataset(file_path, "train", data)
+        images = ImageResolver(file_path.resolve().parent)
+    else:
+        images = image_resolver(file_path, root_path)
     log.info("%s: images from %s", file_path, images.description)
     if weight < 0 or not math.isfinite(weight):
         raise ValueError(f"{file_path}: weight must be a finite number >= 0, got {weight}")
@@ -87,9 +98,10 @@ def load_source(
         label_map = read_json(label_map)
     source_name = name or file_path.name
     box_filter = BoxFilter(min_score, min_box_size, min_margin)
-    fmt, data = sniff(file_path)
     file = SourceFile(file_path, source_name, images, box_filter, data, label_map)
     samples, categories = READERS[fmt](file)
+    if fmt == "yolo" and data["yolo"]["corrupt"]:
+        file.stats["images_dropped_corrupt_labels"] = len(data["yolo"]["corrupt"])
     file.stats["images"] = len(samples)
     log.info("%s (%s): %d images, %s", file_path, fmt, len(samples), file.stats)
     return GroundingSource(source_name, fmt, file_path, samples, categories, float(weight), file.stats)

@@ -1,4 +1,4 @@
-"""Which of the four training formats a file is, recognised from its content (never from its name)."""
+"""Which of the five training formats a file is, recognised from its content (never from its name)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from glip_label.formats.yolo_dataset import load_dataset_yaml
 from glip_label.io import read_json
 
 
@@ -44,7 +45,8 @@ def _coco_kind(data: Any, path: Path) -> str:
 
 
 def sniff(path: Path) -> tuple[str, Any]:
-    """(format, parsed COCO/MDETR dict or None for ODVG) from the file's content.
+    """(format, parsed COCO/MDETR dict, the parsed data.yaml of a YOLO dataset, or None for ODVG) from the file's
+    content.
 
     The JSON of a COCO/MDETR file is returned so that it is parsed once, not once to sniff and once to read.
     """
@@ -56,15 +58,21 @@ def sniff(path: Path) -> tuple[str, Any]:
         raise ValueError(f"{path}: ODVG record without 'detection' or 'grounding'")
     try:
         data = read_json(path)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: neither a JSON file nor ODVG JSON Lines ({exc.msg})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        dataset = load_dataset_yaml(path)
+        if dataset is not None:
+            return "yolo", dataset
+        reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8 text"
+        raise ValueError(f"{path}: neither a JSON file, ODVG JSON Lines nor an Ultralytics dataset yaml "
+                         f"({reason})") from None
     return _coco_kind(data, path), data
 
 
 def detect_format(path: str | Path) -> str:
-    """"coco", "odvg-detection", "odvg-grounding" or "mdetr", from what the file contains (not its name).
+    """"coco", "odvg-detection", "odvg-grounding", "mdetr" or "yolo", from what the file contains (not its name).
 
     JSON Lines whose first record has "grounding"/"detection" are ODVG; a JSON object with "images" is
-    MDETR-style when its images carry a "caption", COCO detection otherwise.
+    MDETR-style when its images carry a "caption", COCO detection otherwise; a YAML mapping with names/nc and
+    train/val is an Ultralytics dataset (`glip_label.formats.yolo_dataset`).
     """
     return sniff(Path(path))[0]
