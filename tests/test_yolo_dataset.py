@@ -113,6 +113,10 @@ def test_image_lists_path_and_nc_only(tmp_path: Path):
     assert [a["bbox"] for a in read_yolo_dataset(yaml_path, "val")["annotations"]] == [[20.0, 20.0, 10.0, 10.0]]
     with pytest.raises(ValueError, match="no 'test' entry"):
         read_yolo_dataset(yaml_path, "test")
+    _labels(root / "labels" / "b" / "y.txt", "1 0.5 0.5 0.2 0.2\n")  # class 1 of 1: y.png is dropped
+    (root / "labels" / "a" / "x.txt").write_text("0 0.5 0.5 0.2\n")  # and x.png
+    with pytest.raises(ValueError, match="every 'train' image was dropped for corrupt labels"):
+        read_yolo_dataset(yaml_path, "train")
 
 
 def test_train_student_evaluate_and_calibrate_take_a_data_yaml(roboflow: Path, tiny_checkpoint, tmp_path: Path):

@@ -203,6 +203,9 @@ def read_yolo_dataset(yaml_path: str | Path, split: str, data: dict[str, Any] | 
             box = [(cx - w / 2) * width, (cy - h / 2) * height, w * width, h * height]
             annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": int(cls) + 1,
                                 "bbox": [round(v, 4) for v in box], "area": box[2] * box[3], "iscrowd": 0})
+    if corrupt and not images:
+        raise ValueError(f"{where}: every '{split}' image was dropped for corrupt labels, as Ultralytics drops them "
+                         f"({len(corrupt)}; first: {corrupt[0]['file_name']}: {corrupt[0]['reason']})")
     if corrupt:
         log.warning("%s: %d '%s' images dropped for corrupt labels, as Ultralytics drops them; first: %s: %s",
                     where, len(corrupt), split, corrupt[0]["file_name"], corrupt[0]["reason"])
