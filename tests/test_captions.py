@@ -278,6 +278,51 @@ def test_compressed_tar_is_reported(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------ jsonl / csv / tsv
 
 
+@pytest.fixture
+def imagefolder(tmp_path: Path) -> Path:
+    """A Hugging Face ImageFolder as the datasets docs teach it: split folders, each with its metadata file
+    (diffusers' "text" column), images in sub-folders of a split too."""
+    root = tmp_path / "pets"
+    _write(root / "train" / "a.png", _png(0))
+    _write(root / "train" / "more" / "b.png", _png(1))
+    _write(root / "train" / "metadata.jsonl", "".join(json.dumps(r) + "\n" for r in [
+        {"file_name": "a.png", "text": "a cat on a mat"}, {"file_name": "more/b.png", "text": "a dog"}]))
+    _write(root / "test" / "c.png", _png(2))
+    _write(root / "test" / "metadata.jsonl", json.dumps({"file_name": "c.png", "text": "a bird"}) + "\n")
+    return root
+
+
+def test_imagefolder_pairs_are_those_datasets_loads(imagefolder: Path, monkeypatch, tmp_path: Path) -> None:
+    """Each split's (image, caption) pairs equal datasets.load_dataset("imagefolder", data_dir=...)'s; paths are
+    relative to the ImageFolder, so outputs name the image where train-student looks."""
+    import datasets
+
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    assert detect_source_kind(imagefolder) == "imagefolder"
+    for split in ("train", "test"):
+        items, errors = _split(list(iter_captions(imagefolder, split=split)))
+        assert errors == []
+        ours = [(str(imagefolder / i.image_ref.file_name), i.caption) for i in items]
+        theirs = datasets.load_dataset("imagefolder", data_dir=str(imagefolder), split=split, streaming=True)
+        assert sorted(ours) == sorted((row["image"].filename, row["text"]) for row in theirs)
+        for item in items:
+            assert isinstance(load_caption_image(item), LoadedImage)
+    train, _ = _split(list(iter_captions(imagefolder)))
+    assert [(i.id, i.image_ref.file_name) for i in train] == [("train/a.png", "train/a.png"),
+                                                              ("train/more/b.png", "train/more/b.png")]
+    with pytest.raises(ValueError, match="no 'validation' split folder .* test, train"):
+        list(iter_captions(imagefolder, split="validation"))
+    # one metadata file at the top covers the whole folder (csv too); an image column the user names wins
+    _write(imagefolder / "metadata.csv", "path,caption\ntest/c.png,top\n")
+    assert [i.caption for i in iter_captions(imagefolder, image_column="path")] == ["top"]
+
+
+def test_a_missing_image_field_names_the_fields_there_are(tmp_path: Path) -> None:
+    source = _write(tmp_path / "metadata.jsonl", json.dumps({"file_name": "a.png", "text": "a cat"}) + "\n")
+    (error,) = list(iter_captions(source))
+    assert "no 'image' field (it has 'file_name', 'text'" in error.reason
+
+
 def test_jsonl_records(tmp_path: Path) -> None:
     _write(tmp_path / "images" / "a.png", _png(0))
     _write(tmp_path / "images" / "b.png", _png(1))

@@ -421,7 +421,19 @@ def _hf_saved(root: Path) -> Path:
     return root
 
 
-SOURCES = {"webdataset": _webdataset, "img2dataset": _img2dataset, "hf": _hf_saved}
+def _imagefolder(root: Path) -> Path:
+    """A Hugging Face ImageFolder (the datasets docs' layout): a train split folder with metadata.jsonl, file_name
+    and diffusers' "text" caption column."""
+    (root / "train").mkdir(parents=True)
+    lines = []
+    for i, (image, caption) in enumerate(zip(_images(), CAPTIONS, strict=True)):
+        image.save(root / "train" / f"{i:04d}.png")
+        lines.append(json.dumps({"file_name": f"{i:04d}.png", "text": caption}) + "\n")
+    (root / "train" / "metadata.jsonl").write_text("".join(lines))
+    return root
+
+
+SOURCES = {"webdataset": _webdataset, "img2dataset": _img2dataset, "hf": _hf_saved, "imagefolder": _imagefolder}
 
 
 @pytest.fixture(scope="module")

@@ -37,11 +37,11 @@ PSEUDO_CAPTION_OPTIONS = OptionMap(
 )
 @with_params(LABELING_PARAMS)
 def pseudo_caption(
-    source: Annotated[str, typer.Argument(help="Caption corpus: an img2dataset folder (image + .txt), webdataset .tar "
-                                          "shards (a file, a folder, a glob, or webdataset's quoted brace pattern "
-                                          "'shards/{00000..00999}.tar'), a .jsonl/.csv/.tsv with image and caption "
-                                          "columns, a COCO captions json, or a Hugging Face dataset (hub name or "
-                                          "saved folder).")],
+    source: Annotated[str, typer.Argument(help=(
+        "Caption corpus: an img2dataset folder (image + .txt), webdataset .tar shards (a file, a folder, a glob, or "
+        "webdataset's quoted brace pattern 'shards/{00000..00999}.tar'), a Hugging Face ImageFolder (images + "
+        "metadata.jsonl/.csv with file_name and caption or text columns), a .jsonl/.csv/.tsv with image and "
+        "caption columns, a COCO captions json, or a Hugging Face dataset (hub name or saved folder)."))],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder: grounding.odvg.jsonl, grounding.mdetr.json, "
                                       "errors.jsonl, run.json.")] = Path("runs/pseudo-caption"),
     model: ModelOpt = "glip-t",
@@ -57,7 +57,7 @@ def pseudo_caption(
     caption_column: Annotated[str, typer.Option(help="Caption field.")] = "caption",
     image_root: Annotated[str | None, typer.Option(help="Folder that relative image paths are resolved against "
                                                    "(default: the caption file's folder).")] = None,
-    split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset.")] = "train",
+    split: Annotated[str, typer.Option(help="Split of a Hugging Face dataset or ImageFolder.")] = "train",
     box_floor: Annotated[float, typer.Option(help="Keep every box scoring above this, with its score; "
                                              "train-student filters later (--pseudo-min-score 0.5).")] = 0.05,
     batch_size: Annotated[int, typer.Option(help="Image-caption pairs per forward pass.")] = 4,

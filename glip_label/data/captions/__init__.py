@@ -16,6 +16,8 @@ Supported layouts (:func:`detect_source_kind`), one reader module each, behind
 
 * ``folder`` (:mod:`.folder`): img2dataset "files" output, ``00000/000000012.jpg`` + ``000000012.txt``
   (+ ``.json``);
+* ``imagefolder`` (:mod:`.imagefolder`): a Hugging Face ImageFolder, images + ``metadata.jsonl``/``.csv`` with
+  ``file_name`` and caption columns (at the top, or per split folder);
 * ``webdataset`` (:mod:`.webdataset`): ``.tar`` shards (a folder of them, a glob, or one file) holding
   ``key.jpg`` + ``key.txt`` (+ ``key.json``), members of one sample next to each other;
 * ``jsonl`` / ``csv`` / ``tsv`` (:mod:`.jsonl`, :mod:`.delimited`): one record per line/row with
@@ -26,7 +28,7 @@ Supported layouts (:func:`detect_source_kind`), one reader module each, behind
   parquet/arrow data, or a hub name such as ``user/name``), imported lazily.
 
 Ids are stable across runs, because the run journal resumes by id: the image path relative to the
-source folder (folder, and jsonl/csv without an id column), the member key (webdataset),
+source folder (folder, imagefolder, and jsonl/csv without an id column), the member key (webdataset),
 ``"imageid:annid"`` (COCO), the ``id``/``key`` column or else the row number (HF, jsonl, csv).
 
 Records are in :mod:`.items`, image references in :mod:`.refs`; the checks every reader applies to a

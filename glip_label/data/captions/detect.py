@@ -12,9 +12,10 @@ import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from glip_label.data.captions.imagefolder import has_metadata
 from glip_label.data.image_discovery import IMAGE_EXTENSIONS, is_image_name
 
-SOURCE_KINDS: tuple[str, ...] = ("folder", "webdataset", "jsonl", "csv", "tsv", "coco", "hf")
+SOURCE_KINDS: tuple[str, ...] = ("folder", "imagefolder", "webdataset", "jsonl", "csv", "tsv", "coco", "hf")
 
 # Files that mark a folder written by `datasets` (`save_to_disk` of a Dataset / a DatasetDict).
 HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -41,8 +42,9 @@ def detect_source_kind(source: str | Path) -> str:
     if _looks_like_hub_name(text):
         return "hf"
     raise FileNotFoundError(
-        f"caption source {text!r} does not exist (expected a folder of images with .txt captions, .tar "
-        "shards, a .jsonl/.csv/.tsv/COCO captions .json file, a datasets folder, or a hub name 'user/name')"
+        f"caption source {text!r} does not exist (expected a folder of images with .txt captions or with a "
+        "metadata.jsonl, .tar shards, a .jsonl/.csv/.tsv/COCO captions .json file, a datasets folder, or a hub name "
+        "'user/name')"
     )
 
 
@@ -79,6 +81,8 @@ def is_saved_dataset(folder: Path) -> bool:
 def _detect_folder_kind(root: Path) -> str:
     if is_saved_dataset(root):
         return "hf"
+    if has_metadata(root):
+        return "imagefolder"
     names = {entry.name for entry in os.scandir(root)}
     if any(name.lower().endswith(".tar") and (root / name).is_file() for name in names):
         return "webdataset"
@@ -89,7 +93,8 @@ def _detect_folder_kind(root: Path) -> str:
     found = _describe_folder(root)
     raise ValueError(
         f"caption folder {str(root)!r} has neither images with .txt captions beside them "
-        f"(img2dataset layout 00000/000000012.jpg + 000000012.txt) nor .tar shards nor Hugging Face data; "
+        f"(img2dataset layout 00000/000000012.jpg + 000000012.txt), nor a metadata.jsonl/.csv (Hugging Face "
+        f"ImageFolder), nor .tar shards nor Hugging Face data; "
         f"found {found}. Pass a .jsonl/.csv/.tsv/.json caption file directly; to label images without "
         "captions use `glip-label annotate`."
     )

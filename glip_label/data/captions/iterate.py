@@ -16,6 +16,7 @@ from glip_label.data.captions.delimited import iter_csv, iter_tsv
 from glip_label.data.captions.detect import detect_source_kind
 from glip_label.data.captions.folder import iter_folder
 from glip_label.data.captions.hf import iter_hf
+from glip_label.data.captions.imagefolder import iter_imagefolder
 from glip_label.data.captions.items import CaptionError, CaptionItem
 from glip_label.data.captions.jsonl import iter_jsonl
 from glip_label.data.captions.records import Columns, SourceOptions
@@ -27,6 +28,7 @@ Reader = Callable[[str, SourceOptions], Iterator[CaptionItem | CaptionError]]
 
 READERS: dict[str, Reader] = {
     "folder": iter_folder,
+    "imagefolder": iter_imagefolder,
     "webdataset": iter_webdataset,
     "jsonl": iter_jsonl,
     "csv": iter_csv,
@@ -57,7 +59,8 @@ def iter_captions(
     given noun phrases: GRIT ``noun_chunks`` ([[start, end, x1, y1, x2, y2, score], ...]), plain
     [[start, end], ...] spans, or phrase strings located in the caption; a record without it gets
     ``phrases=None``. For folder/webdataset sources it is a key of the sidecar json.
-    ``split``/``streaming`` apply to Hugging Face sources only. ``image_root`` is the folder relative
+    ``split`` picks the split of Hugging Face sources and ImageFolders; ``streaming`` applies to Hugging Face
+    sources only. ``image_root`` is the folder relative
     image paths are resolved against: by default the caption file's folder (jsonl/csv/tsv/COCO) or
     the dataset folder (HF); COCO caption files usually live in ``annotations/`` apart from the
     images, so pass it there.
