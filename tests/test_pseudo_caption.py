@@ -139,12 +139,18 @@ def test_a_run_that_grounds_nothing_fails_after_writing_why(tiny_checkpoint, tmp
 
 
 def test_a_corpus_that_is_not_there_fails_before_the_model_loads(tmp_path):
-    """A mistyped corpus path or a shard pattern naming missing shards: exit 2 with the reason, no run folder,
-    and no model loaded first (the model path here does not exist either, so loading it would fail otherwise)."""
+    """A mistyped corpus path, a shard pattern naming missing shards, an ImageFolder without the split, a table
+    without the caption column: exit 2 with the reason, no run folder, and no model loaded first (the model path
+    here does not exist either, so loading it would fail otherwise)."""
+    (tmp_path / "pets" / "train").mkdir(parents=True)
+    (tmp_path / "pets" / "train" / "metadata.jsonl").write_text('{"file_name": "a.png", "text": "a cat"}\n')
+    (tmp_path / "table.csv").write_text("img,text\na.png,a cat\n")
     for source, reason in ((tmp_path / "nope.jsonl", "does not exist"),
-                           (tmp_path / "shard-{000000..000003}.tar", "matches no .tar shard")):
+                           (tmp_path / "shard-{000000..000003}.tar", "matches no .tar shard"),
+                           (tmp_path / "pets", "no 'validation' split folder"),
+                           (tmp_path / "table.csv", "no column 'image' or 'caption'")):
         result = runner.invoke(app, ["pseudo-caption", str(source), "--model", str(tmp_path / "no-model.pth"),
-                                     "--out", str(tmp_path / "out")])
+                                     "--out", str(tmp_path / "out"), "--split", "validation"])
         assert result.exit_code == 2 and reason in result.output, result.output
         assert "no-model" not in result.output and not (tmp_path / "out").exists()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
@@ -247,9 +248,7 @@ def _error(key: str, item_id: str, reason: str, kind: str) -> ItemResult:
 def keyed_batches(options: PseudoCaptionOptions) -> Iterator[list[tuple[str, CaptionItem | CaptionError]]]:
     """The source as fixed batches of (key, item); key = stream position, so duplicates stay distinct."""
     shard = parse_shard(options.shard) if options.shard else None
-    items = iter_captions(options.source, options.image_column, options.caption_column,
-                          options.phrases_column if options.phrases == "column" or options.phrases_column else None,
-                          split=options.split, image_root=options.image_root)
+    items = _source_items(options)
     batch: list[tuple[str, CaptionItem | CaptionError]] = []
     for position, item in enumerate(items):
         if shard is not None and shard_of(item.id, shard[1]) != shard[0]:
@@ -260,6 +259,20 @@ def keyed_batches(options: PseudoCaptionOptions) -> Iterator[list[tuple[str, Cap
             batch = []
     if batch:
         yield batch
+
+
+def _source_items(options: PseudoCaptionOptions) -> Iterator[CaptionItem | CaptionError]:
+    return iter_captions(options.source, options.image_column, options.caption_column,
+                         options.phrases_column if options.phrases == "column" or options.phrases_column else None,
+                         split=options.split, image_root=options.image_root)
+
+
+def check_source(options: PseudoCaptionOptions) -> None:
+    """Fail before the model loads when the corpus cannot be read at all: a path that is not there, a layout not
+    recognised, a csv without the caption column, an ImageFolder without the split, a json that is not COCO
+    captions (the first record is read; hub datasets are left to the run, which may have to download them)."""
+    if detect_source_kind(options.source) != "hf" or Path(os.path.expanduser(str(options.source))).exists():
+        next(_source_items(options), None)
 
 
 def _class_names(options: PseudoCaptionOptions) -> list[str] | None:
@@ -295,7 +308,7 @@ def pseudo_caption(options: PseudoCaptionOptions, predictor=None, progress: bool
     """Ground a caption corpus into `options.out` (see the module docstring)."""
     options.validate()
     finder = PhraseFinder(options.phrases, _class_names(options))
-    detect_source_kind(options.source)  # a missing or unrecognised corpus fails now, not after the model loads
+    check_source(options)
     out = Path(options.out)
     started = time.perf_counter()
     labeler = PseudoCaptionLabeler(options, finder, predictor)

@@ -44,7 +44,8 @@ def _iter_delimited(
         if missing:
             raise ValueError(
                 f"{path.name}: no column {' or '.join(repr(c) for c in missing)} in the header "
-                f"(columns: {', '.join(repr(h) for h in header) or 'none'}); set image_column/caption_column"
+                f"(columns: {', '.join(repr(h) for h in header) or 'none'}); name them with --image-column / "
+                "--caption-column"
             )
         while True:
             try:

@@ -70,7 +70,7 @@ def iter_hf(source: str, options: SourceOptions) -> Iterator[CaptionItem | Capti
         if missing:
             raise ValueError(
                 f"{text!r}: no column {' or '.join(repr(c) for c in missing)} "
-                f"(columns: {', '.join(features)}); set image_column/caption_column"
+                f"(columns: {', '.join(features)}); name them with --image-column / --caption-column"
             )
         if isinstance(features[columns.image], datasets.Image):
             # Undecoded bytes/paths: we decode ourselves, with our pixel limit, EXIF and RGB rules, and a

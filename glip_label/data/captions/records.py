@@ -125,7 +125,7 @@ def table_item(record: dict[str, Any], columns: Columns, root: str, where: str) 
     try:
         if columns.image not in record:
             raise BadRecord(f"no {columns.image!r} field (it has {', '.join(map(repr, record)) or 'none'}: "
-                            "image_column names the one to use)")
+                            "--image-column names the one to use)")
         ref = path_ref(image_value, root)
         caption = check_caption(record.get(columns.caption))
         phrases, spans = phrases_of(record, columns, caption)
