@@ -169,3 +169,7 @@ def test_calibrate_then_annotate_with_the_thresholds(tiny_checkpoint, tmp_path):
     bad = runner.invoke(app, ["annotate", str(root), "--model", str(tiny_checkpoint), "--prompt", "horse.",
                               "--thresholds", str(cal / "thresholds.json"), "--out", str(tmp_path / "bad")])
     assert bad.exit_code == 2 and "none of its classes" in bad.output
+    # a gold set with none of the classes fails before the model loads (this model path does not exist)
+    wrong = runner.invoke(app, ["calibrate", "--model", str(tmp_path / "no-model.pth"), "--prompt", "horse.",
+                                "--gold", f"{first / 'annotations.coco.json'}@{root}", "--out", str(tmp_path / "c2")])
+    assert wrong.exit_code == 2 and "is one of the classes" in wrong.output and "no-model" not in wrong.output

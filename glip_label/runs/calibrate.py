@@ -18,6 +18,7 @@ global one.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -70,42 +71,63 @@ def match_detections(boxes: np.ndarray, scores: np.ndarray, gold_boxes: np.ndarr
 # ------------------------------------------------------------------------------------------- running the model
 
 
-def collect_matches(predictor, gold: str | Path, ontology: Ontology, floor: float = 0.05, batch_size: int = 1,
-                    tta=None, progress: bool = False) -> tuple[dict[str, ClassMatches], dict[str, Any]]:
-    """The model's boxes on every gold image, mapped to the ontology's categories and matched per class.
+@dataclass
+class GoldSet:
+    """A gold set read for calibration: its images, where they are, and each image's boxes by ontology category."""
 
-    gold: "FILE" or "FILE@ROOT" (COCO detection). A gold category is matched to the ontology category of
-    the same name (case and surrounding spaces ignored). Returns (per boxed category, info) where info
-    lists the images that could not be read and the gold classes that are not labeled.
-    """
-    from glip_label.data.images import ImageError, load_image
+    path: Path
+    images: list[dict[str, Any]]
+    root: Path
+    boxes_of: dict[Any, list[tuple[int, list[float]]]]  # image id -> [(category index, COCO xywh)]
+    categories: list[int]  # the ontology categories the gold set has a class for
+    not_labeled: list[str]  # gold classes the ontology does not label
+
+
+def read_gold_set(gold: str | Path, ontology: Ontology) -> GoldSet:
+    """Read "FILE" or "FILE@ROOT" (a COCO detection file, or a YOLO data.yaml's val split) and match its
+    categories to the ontology's by name (case and surrounding spaces ignored). Raises ValueError when it has no
+    image or no class of the ontology; run before the model loads, so a wrong gold set fails at once."""
     from glip_label.data.sources import parse_data_arg
-    from glip_label.formats.coco import xywh_to_xyxy
     from glip_label.formats.yolo_dataset import read_detection_gold
-    from glip_label.tta import predict_tta
 
     gold_path, root = parse_data_arg(gold)
     data = read_detection_gold(gold_path)
-    root = root or gold_path.resolve().parent
     if not data["images"]:
         raise ValueError(f"{gold_path}: no images")
     by_name = {_key(c): i for i, c in enumerate(ontology.categories)}
     gold_to_cat = {c["id"]: by_name.get(_key(c["name"])) for c in data["categories"]}
-    not_labeled = sorted(c["name"] for c in data["categories"] if gold_to_cat[c["id"]] is None)
     if all(v is None for v in gold_to_cat.values()):
         raise ValueError(f"{gold_path}: none of its categories {[c['name'] for c in data['categories']][:8]} "
                          f"is one of the classes {ontology.categories[:8]}")
-    boxes_of: dict[int, list[tuple[int, list[float]]]] = {}
+    boxes_of: dict[Any, list[tuple[int, list[float]]]] = {}
     for ann in data["annotations"]:
         category = gold_to_cat.get(ann["category_id"])
         if category is not None and not ann.get("iscrowd", 0):
             boxes_of.setdefault(ann["image_id"], []).append((category, ann["bbox"]))
+    return GoldSet(gold_path, data["images"], root or gold_path.resolve().parent, boxes_of,
+                   sorted({v for v in gold_to_cat.values() if v is not None}),
+                   sorted(c["name"] for c in data["categories"] if gold_to_cat[c["id"]] is None))
+
+
+def collect_matches(predictor, gold: str | Path | GoldSet, ontology: Ontology, floor: float = 0.05,
+                    batch_size: int = 1, tta=None, progress: bool = False,
+                    ) -> tuple[dict[str, ClassMatches], dict[str, Any]]:
+    """The model's boxes on every gold image, mapped to the ontology's categories and matched per class.
+
+    gold: "FILE" or "FILE@ROOT", or a `GoldSet` already read (`read_gold_set`). Returns (per boxed category, info)
+    where info lists the images that could not be read and the gold classes that are not labeled.
+    """
+    from glip_label.data.images import ImageError, load_image
+    from glip_label.formats.coco import xywh_to_xyxy
+    from glip_label.tta import predict_tta
+
+    gold_set = gold if isinstance(gold, GoldSet) else read_gold_set(gold, ontology)
+    root, boxes_of = gold_set.root, gold_set.boxes_of
     bare = Ontology(ontology.categories, ontology.phrases, ontology.phrase_category, {})
     post = AnnotateOptions(source="", out=Path("."), threshold=0.0, max_dets=10_000)
-    per_class = {ontology.categories[c]: ClassMatches() for c in sorted({v for v in gold_to_cat.values()
-                                                                          if v is not None})}
+    per_class = {ontology.categories[c]: ClassMatches() for c in gold_set.categories}
     unreadable: list[dict[str, str]] = []
-    images = data["images"]
+    images = gold_set.images
     numbered = list(enumerate(images))  # a box's image number, for validation by folds
     batches = [numbered[i : i + batch_size] for i in range(0, len(numbered), batch_size)]
     if progress:
@@ -134,7 +156,8 @@ def collect_matches(predictor, gold: str | Path, ontology: Ontology, floor: floa
                                     len(gold_boxes), image_number)
     if len(unreadable) == len(images):
         raise ValueError(f"none of the {len(images)} gold images could be read (first: {unreadable[0]})")
-    return per_class, {"images": len(images), "unreadable": unreadable, "gold_classes_not_labeled": not_labeled}
+    return per_class, {"images": len(images), "unreadable": unreadable,
+                       "gold_classes_not_labeled": gold_set.not_labeled}
 
 
 def _key(name: str) -> str:
@@ -148,11 +171,12 @@ def calibrate(options: CalibrateOptions, predictor=None, progress: bool = False)
     """Run the model on the gold set, choose the thresholds, write OUT/ (see the module docstring)."""
     options.validate()
     ontology = load_ontology(options.prompt, options.classes_file, options.ontology)
+    gold_set = read_gold_set(options.gold, ontology)
     if predictor is None:
         from glip_label.predictor import load_model
 
         predictor = load_model(options.model, config=options.config, device=options.device, dtype=options.dtype)
-    per_class, info = collect_matches(predictor, options.gold, ontology, options.floor, options.batch_size,
+    per_class, info = collect_matches(predictor, gold_set, ontology, options.floor, options.batch_size,
                                       options.tta, progress)
     result = calibrate_thresholds(per_class, ontology.categories, options.target_precision, options.floor,
                                   options.criterion, options.evidence)
@@ -205,5 +229,6 @@ def plot_pr_curve(path: Path, title: str, curve: PRCurve, chosen: tuple[float, f
     image.save(path)
 
 
-__all__ = ["CalibrateOptions", "ClassMatches", "PRCurve", "calibrate", "calibrate_thresholds", "choose_threshold",
-           "collect_matches", "match_detections", "micro_prf", "plot_pr_curve", "pr_curve", "prf_at"]
+__all__ = ["CalibrateOptions", "ClassMatches", "GoldSet", "PRCurve", "calibrate", "calibrate_thresholds",
+           "choose_threshold", "collect_matches", "match_detections", "micro_prf", "plot_pr_curve", "pr_curve", "prf_at",
+           "read_gold_set"]
