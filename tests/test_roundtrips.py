@@ -360,6 +360,10 @@ def test_evaluate_honours_run_json_and_refuses_a_metric_of_nothing(annotated, ti
         evaluate_detection(predictor, alone / "gold.json")
     result = runner.invoke(app, ["evaluate", "--model", str(tiny_checkpoint), "--val", str(alone / "gold.json")])
     assert result.exit_code != 0 and "none of the 4 images could be read" in " ".join(result.output.split())
+    # found before the model loads (this model path does not exist)
+    result = runner.invoke(app, ["evaluate", "--model", str(tmp_path / "no-model.pth"),
+                                 "--val", str(alone / "gold.json")])
+    assert result.exit_code != 0 and "none of the 4 images could be read" in " ".join(result.output.split())
     # one image missing: evaluated on the others, the missing one reported
     partial = tmp_path / "partial"
     shutil.copytree(photos, partial)

@@ -157,13 +157,14 @@ def evaluate(
     """Evaluate a model: COCO box AP on a gold set and/or grounding Recall@k on an MDETR-style set."""
     from glip_label.io import atomic_write_json
     from glip_label.predictor import load_model
-    from glip_label.runs.train_student import evaluate_files
+    from glip_label.runs.train_student import check_val_files, evaluate_files
     from glip_label.train.evaluate import print_metrics_table
     from glip_label.weights import CheckpointError
 
     setup_logging(verbose)
     check_device_and_dtype(device, dtype)
     try:
+        check_val_files(val)  # a wrong --val fails before the model loads
         predictor = load_model(model, config=config_arg(config), device=device, dtype=dtype)
         metrics = evaluate_files(predictor, val, batch_size=batch_size, progress=True)
     except (ValueError, FileNotFoundError, CheckpointError) as exc:

@@ -230,5 +230,5 @@ def plot_pr_curve(path: Path, title: str, curve: PRCurve, chosen: tuple[float, f
 
 
 __all__ = ["CalibrateOptions", "ClassMatches", "GoldSet", "PRCurve", "calibrate", "calibrate_thresholds",
-           "choose_threshold", "collect_matches", "match_detections", "micro_prf", "plot_pr_curve", "pr_curve", "prf_at",
-           "read_gold_set"]
+           "choose_threshold", "collect_matches", "match_detections", "micro_prf", "plot_pr_curve", "pr_curve",
+           "prf_at", "read_gold_set"]

@@ -168,12 +168,15 @@ def evaluate_files(
     return {**flat, "files": per_file}
 
 
-def _check_val_files(val: Sequence[str]) -> None:
-    """Before training: each --val file is COCO or MDETR, and its images can be read where evaluation looks."""
+def check_val_files(val: Sequence[str]) -> None:
+    """Before training or evaluating (and before a model loads): each --val file is one evaluation reads, and its
+    images can be read where evaluation looks."""
     from glip_label.train.evaluate import check_images_readable
 
     for spec in val:
         path, root = parse_data_arg(spec)
+        if not path.is_file():
+            raise FileNotFoundError(f"validation file {path} does not exist")
         if detect_format(path) not in ("coco", "yolo", "mdetr"):
             raise ValueError(f"{path}: --val takes COCO detection files, YOLO data.yaml files (their val split) or "
                              "MDETR-style grounding files")
@@ -187,7 +190,7 @@ def train_student(options: TrainStudentOptions) -> dict[str, Any]:
     """
     from glip_label.predictor import GLIPPredictor
 
-    _check_val_files(options.val)
+    check_val_files(options.val)
     sources = load_sources(options)
     model = build_student(options)
     dataset = GroundingDataset(sources, model.config, train=True, seed=options.seed, scales=options.scales,
@@ -218,6 +221,7 @@ __all__ = [
     "TRAIN_CONFIG_FIELDS_NOT_OPTIONS",
     "TrainStudentOptions",
     "build_student",
+    "check_val_files",
     "evaluate_files",
     "load_sources",
     "train_student",
