@@ -344,3 +344,19 @@ def test_configured_shared_tokenizer_is_detected() -> None:
     finally:
         tokenizer.no_truncation()
     assert prompt_token_count("person") == 3
+
+
+def test_a_comma_separated_prompt_is_one_class_and_says_so(caplog):
+    """Grounding DINO and OWL users write "person, car"; GLIP's separator is '.', so that is one class name.
+    It stays one (a class may contain a comma) but the run says how to write two."""
+    import logging
+
+    from glip_label.runs.ontology import load_ontology
+
+    with caplog.at_level(logging.WARNING):
+        assert load_ontology("person, car").categories == ["person, car"]
+    assert "ONE class" in caplog.text and "'person. car.'" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert load_ontology("person. car, truck.").categories == ["person", "car, truck"]
+    assert caplog.text == ""

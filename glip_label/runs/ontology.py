@@ -96,6 +96,9 @@ def load_ontology(prompt: str | None = None, classes_file: str | Path | None = N
         raise ValueError("say what to label: --prompt 'a. b.', --classes-file FILE or --ontology FILE (calibrate "
                          "writes OUT/ontology.calibrated.yaml, the classes with their thresholds)")
     if prompt is not None:
+        if "." not in prompt and "," in prompt:  # Grounding DINO / OWL habits: "person, car"
+            log.warning("--prompt %r has no '.', so it is ONE class; GLIP separates classes with '.': %r", prompt,
+                        ". ".join(p.strip() for p in prompt.split(",") if p.strip()) + ".")
         return Ontology.from_names([p for p in prompt.split(".") if p.strip()])
     if classes_file is not None:
         path = Path(classes_file)
