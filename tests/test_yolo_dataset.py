@@ -60,6 +60,7 @@ def roboflow(tmp_path: Path) -> Path:
     _labels(train / "labels" / "six.txt", "0 0.5 0.5 0.1 0.1 0.9\n")  # 6 columns: corrupt for a detect dataset
     _image(train / "images" / "tiny.jpg", (8, 8))  # under 10 pixels: corrupt
     (train / "images" / "notes.md").write_text("not an image")
+    (train / "images" / "._box.jpg").write_bytes(b"\x00\x05\x16\x07")  # macOS resource fork: hidden, skipped
     _image(valid / "images" / "v.jpg", (80, 40))
     _labels(valid / "labels" / "v.txt", "1 0.5 0.5 0.5 0.5\n")
     yaml_path = root / "data.yaml"

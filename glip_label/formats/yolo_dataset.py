@@ -31,6 +31,7 @@ Boxes become COCO ``[x, y, w, h]`` = ``[(cx - w/2)·W, (cy - h/2)·H, w·W, h·H
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -107,8 +108,8 @@ def split_image_files(data: dict[str, Any], split: str, root: Path, where: str) 
         place = (root / entry).resolve()
         if not place.exists() and entry.startswith("../") and not isinstance(entries, list):
             place = (root / entry[3:]).resolve()
-        if place.is_dir():
-            files += [str(p) for p in place.rglob("*.*")]
+        if place.is_dir():  # glob, as Ultralytics: hidden files (macOS' ._x.jpg) are not images
+            files += glob.glob(str(Path(glob.escape(str(place))) / "**" / "*.*"), recursive=True)
         elif place.is_file():
             parent = str(place.parent) + os.sep
             lines = place.read_text(encoding="utf-8-sig").strip().splitlines()
