@@ -16,6 +16,9 @@ from typer.testing import CliRunner
 from glip_label.cli import app
 from glip_label.data.sources import detect_format, load_source
 from glip_label.formats.yolo_dataset import read_detection_gold, read_yolo_dataset
+from glip_label.runs.calibrate import read_gold_set
+from glip_label.runs.ontology import Ontology
+from glip_label.runs.train_student import check_val_files
 
 runner = CliRunner()
 NAMES = {0: "cat", 1: "dog"}
@@ -125,8 +128,10 @@ def test_train_student_evaluate_and_calibrate_take_a_data_yaml(roboflow: Path, t
     source = load_source(roboflow)
     assert source.format == "yolo" and len(source.samples) == 5
     assert source.stats["images_dropped_corrupt_labels"] == 3
-    with pytest.raises(ValueError, match="names its own images"):
-        load_source(f"{roboflow}@{tmp_path}")
+    for refused in (lambda spec: load_source(spec), lambda spec: check_val_files([spec]),
+                    lambda spec: read_gold_set(spec, Ontology.from_names(["cat"]))):
+        with pytest.raises(ValueError, match="names its own images"):
+            refused(f"{roboflow}@{tmp_path}")
     result = runner.invoke(app, ["train-student", "--gold", str(roboflow), "--val", str(roboflow), "--config",
                                  "glip-tiny", "--max-steps", "1", "--batch-size", "2", "--scales", "96",
                                  "--out", str(tmp_path / "student")])
@@ -137,7 +142,6 @@ def test_train_student_evaluate_and_calibrate_take_a_data_yaml(roboflow: Path, t
     assert result.exit_code == 0 and "num_images" in result.output, result.output
     from glip_label.predictor import load_model
     from glip_label.runs.calibrate import collect_matches
-    from glip_label.runs.ontology import Ontology
 
     per_class, _ = collect_matches(load_model(str(tiny_checkpoint)), str(roboflow), Ontology.from_names(["cat", "dog"]))
     assert {name: m.n_gold for name, m in per_class.items() if m.n_gold} == {"dog": 1}  # calibrate's gold: val

@@ -216,6 +216,12 @@ def read_yolo_dataset(yaml_path: str | Path, split: str, data: dict[str, Any] | 
     return normalize_coco(coco)
 
 
+def refuse_image_root(yaml_path: str | Path, root: str | Path | None) -> None:
+    """A data.yaml names its own images (relative to its root or absolute), so FILE@ROOT has no meaning for it."""
+    if root is not None:
+        raise ValueError(f"{yaml_path}: a YOLO data.yaml names its own images; drop '@{root}'")
+
+
 def read_detection_gold(path: str | Path, split: str = "val") -> dict[str, Any]:
     """A gold detection file as a COCO dict: a COCO json, or else one split of a YOLO ``data.yaml`` (told apart by
     content: a file that is not JSON is tried as a dataset yaml). Evaluation and calibration read the ``val``
@@ -232,4 +238,4 @@ def read_detection_gold(path: str | Path, split: str = "val") -> dict[str, Any]:
 
 
 __all__ = ["YOLO_IMAGE_SUFFIXES", "class_names", "dataset_root", "image_size", "label_path", "load_dataset_yaml",
-           "read_detection_gold", "read_label_rows", "read_yolo_dataset", "split_image_files"]
+           "read_detection_gold", "read_label_rows", "read_yolo_dataset", "refuse_image_root", "split_image_files"]

@@ -26,7 +26,7 @@ from glip_label.data.sources.common import Reader, SourceFile
 from glip_label.data.sources.detect import detect_format, sniff
 from glip_label.data.sources.mdetr import read_mdetr
 from glip_label.data.sources.odvg import read_odvg_detection, read_odvg_grounding
-from glip_label.formats.yolo_dataset import read_yolo_dataset
+from glip_label.formats.yolo_dataset import read_yolo_dataset, refuse_image_root
 from glip_label.io import read_json
 
 log = logging.getLogger(__name__)
@@ -85,8 +85,7 @@ def load_source(
         raise FileNotFoundError(f"training data file {file_path} does not exist")
     fmt, data = sniff(file_path)
     if fmt == "yolo":  # a data.yaml names its own images: relative to its folder, or absolute
-        if root_path is not None:
-            raise ValueError(f"{file_path}: a YOLO data.yaml names its own images; drop '@{root_path}'")
+        refuse_image_root(file_path, root_path)
         data = read_yolo_dataset(file_path, "train", data)
         images = ImageResolver(file_path.resolve().parent)
     else:
