@@ -193,6 +193,23 @@ def test_read_coco_tolerates_variants(tmp_path: Path) -> None:
         read_coco_str(tmp_path, {"images": [{"id": 1, "file_name": "x", "width": "wide", "height": 3}]})
 
 
+def test_a_roboflow_export_loses_its_parent_only_category(tmp_path: Path) -> None:
+    """Roboflow's COCO export: category 0 is the dataset's name, boxless, the supercategory of the real classes.
+    It is not a class to prompt (it would be taught as absent wherever its members are). A boxless class that is
+    no one's parent stays (a gold negative class), and so does our own files' "object" supercategory."""
+    roboflow = {
+        "images": [{"id": 0, "file_name": "a.jpg", "width": 64, "height": 64}],
+        "annotations": [{"id": 0, "image_id": 0, "category_id": 1, "bbox": [1, 2, 3, 4], "segmentation": []}],
+        "categories": [{"id": 0, "name": "vehicles", "supercategory": "none"},
+                       {"id": 1, "name": "car", "supercategory": "vehicles"},
+                       {"id": 2, "name": "truck", "supercategory": "vehicles"}],
+    }
+    assert [c["name"] for c in read_coco_str(tmp_path, roboflow)["categories"]] == ["car", "truck"]
+    ours = {**roboflow, "categories": [{"id": 1, "name": "car", "supercategory": "object"},
+                                       {"id": 0, "name": "object", "supercategory": "object"}]}
+    assert [c["name"] for c in read_coco_str(tmp_path, ours)["categories"]] == ["car", "object"]
+
+
 def read_coco_str(tmp_path: Path, data: dict) -> dict:
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(data))

@@ -24,6 +24,7 @@ import contextlib
 import copy
 import io
 import json
+import logging
 import math
 import shutil
 import tempfile
@@ -45,6 +46,8 @@ COCO_STAT_NAMES = (
     "ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large",
     "ar1", "ar10", "ar100", "ar_small", "ar_medium", "ar_large",
 )  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------------------------ boxes
@@ -375,7 +378,25 @@ def normalize_coco(data: dict[str, Any]) -> dict[str, Any]:
     else:
         for ann, i in zip(data["annotations"], ids, strict=True):
             ann["id"] = i
+    _drop_parent_only_categories(data)
     return data
+
+
+def _drop_parent_only_categories(data: dict[str, Any]) -> None:
+    """Roboflow's COCO export adds the dataset's name as category 0, with no box, and makes it the
+    ``supercategory`` of every real class ("vehicles" over car, truck). Prompted as a class it would be taught as
+    absent wherever its own members are (training negatives) and compete with them for the boxes (evaluation), so
+    a category with no box and no supercategory of its own whose name is another category's supercategory is left
+    out (our own files name every class's supercategory "object", so a class "object" stays)."""
+    boxed = {ann.get("category_id") for ann in data["annotations"]}
+    parents = {str(c.get("supercategory")) for c in data["categories"]
+               if c.get("supercategory") not in (None, "none", c["name"])}
+    dropped = [c for c in data["categories"] if c["id"] not in boxed and str(c["name"]) in parents
+               and c.get("supercategory") in (None, "none")]
+    if dropped:
+        log.info("left out category %s: it has no box and is the supercategory of the others (Roboflow's export)",
+                 ", ".join(repr(c["name"]) for c in dropped))
+        data["categories"] = [c for c in data["categories"] if c not in dropped]
 
 
 def read_coco(path: str | Path) -> dict[str, Any]:
