@@ -245,3 +245,19 @@ def test_glip_t_checkpoint_labels_example_photos(parity_checkpoint, parity_dir, 
         image = coco.imgs[ann["image_id"]]
         x, y, w, h = ann["bbox"]
         assert x >= 0 and y >= 0 and x + w <= image["width"] + 1e-6 and y + h <= image["height"] + 1e-6
+
+
+@pytest.mark.parametrize("args, reason", [
+    (["--format", "coco,bogus"], "unknown format(s) ['bogus']"),
+    (["--save-vis", "-3"], "--save-vis is how many pictures"),
+    (["--threshold", "1.5"], "--threshold must be in [0, 1]"),
+    (["--shard", "5/4"], "--shard expects 'i/N'"),
+])
+def test_bad_options_fail_before_the_model_loads(tmp_path, args, reason):
+    """Exit 2 naming the option, before the (here missing) model would load, and no output folder."""
+    (tmp_path / "images").mkdir()
+    Image.new("RGB", (32, 32)).save(tmp_path / "images" / "a.png")
+    result = runner.invoke(app, ["annotate", str(tmp_path / "images"), "--prompt", "cat.", "--model",
+                                 str(tmp_path / "no-model.pth"), "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and reason in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "out").exists()

@@ -45,6 +45,8 @@ class AnnotateOptions(RunOptions):
             raise ValueError(f"--nms-iou must be in (0, 1], got {self.nms_iou}")
         if self.batch_size < 1 or self.max_dets < 1:
             raise ValueError("--batch-size and --max-dets must be >= 1")
+        if self.save_vis < 0:
+            raise ValueError(f"--save-vis is how many pictures of the boxes to draw (0: none), got {self.save_vis}")
         if self.model is None and not self.random_init:
             raise ValueError("no --model given (pass --random-init to label with an untrained model)")
         if self.tta:
