@@ -383,19 +383,17 @@ def normalize_coco(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _drop_parent_only_categories(data: dict[str, Any]) -> None:
-    """Roboflow's COCO export adds the dataset's name as category 0, with no box, and makes it the
-    ``supercategory`` of every real class ("vehicles" over car, truck). Prompted as a class it would be taught as
-    absent wherever its own members are (training negatives) and compete with them for the boxes (evaluation), so
-    a category with no box and no supercategory of its own whose name is another category's supercategory is left
-    out (our own files name every class's supercategory "object", so a class "object" stays)."""
+    """Roboflow's COCO export adds the dataset's name as a boxless category 0, the ``supercategory`` of every real
+    class ("vehicles" over car, truck): prompted, it would be taught as absent wherever its members are and compete
+    with them for boxes. So a boxless category without a supercategory of its own that is another's supercategory
+    is left out (ours name every supercategory "object", so a class "object" stays)."""
     boxed = {ann.get("category_id") for ann in data["annotations"]}
     parents = {str(c.get("supercategory")) for c in data["categories"]
                if c.get("supercategory") not in (None, "none", c["name"])}
     dropped = [c for c in data["categories"] if c["id"] not in boxed and str(c["name"]) in parents
                and c.get("supercategory") in (None, "none")]
     if dropped:
-        log.info("left out category %s: it has no box and is the supercategory of the others (Roboflow's export)",
-                 ", ".join(repr(c["name"]) for c in dropped))
+        log.info("left out category %s: boxless, the supercategory of the others (Roboflow's export)", dropped)
         data["categories"] = [c for c in data["categories"] if c not in dropped]
 
 
