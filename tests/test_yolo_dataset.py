@@ -14,8 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from glip_label.cli import app
-from glip_label.data.sources import detect_format, load_source
-from glip_label.formats.yolo_dataset import read_detection_gold, read_yolo_dataset
+from glip_label.data.sources import detect_format, load_source, read_detection_gold
+from glip_label.formats.yolo_dataset import read_yolo_dataset
 from glip_label.runs.calibrate import read_gold_set
 from glip_label.runs.ontology import Ontology
 from glip_label.runs.train_student import check_val_files

@@ -32,7 +32,6 @@ Boxes become COCO ``[x, y, w, h]`` = ``[(cx - w/2)·W, (cy - h/2)·H, w·W, h·H
 from __future__ import annotations
 
 import glob
-import json
 import logging
 import os
 from pathlib import Path
@@ -222,20 +221,5 @@ def refuse_image_root(yaml_path: str | Path, root: str | Path | None) -> None:
         raise ValueError(f"{yaml_path}: a YOLO data.yaml names its own images; drop '@{root}'")
 
 
-def read_detection_gold(path: str | Path, split: str = "val") -> dict[str, Any]:
-    """A gold detection file as a COCO dict: a COCO json, or else one split of a YOLO ``data.yaml`` (told apart by
-    content: a file that is not JSON is tried as a dataset yaml). Evaluation and calibration read the ``val``
-    split, as Ultralytics validates on it."""
-    from glip_label.formats.coco import read_coco
-
-    try:
-        return read_coco(path)
-    except json.JSONDecodeError as exc:
-        data = load_dataset_yaml(path)
-        if data is None:
-            raise ValueError(f"{path}: neither a COCO json ({exc.msg}) nor an Ultralytics dataset yaml") from None
-    return read_yolo_dataset(path, split, data)
-
-
 __all__ = ["YOLO_IMAGE_SUFFIXES", "class_names", "dataset_root", "image_size", "label_path", "load_dataset_yaml",
-           "read_detection_gold", "read_label_rows", "read_yolo_dataset", "refuse_image_root", "split_image_files"]
+           "read_label_rows", "read_yolo_dataset", "refuse_image_root", "split_image_files"]

@@ -87,13 +87,10 @@ def read_gold_set(gold: str | Path, ontology: Ontology) -> GoldSet:
     """Read "FILE" or "FILE@ROOT" (a COCO detection file, or a YOLO data.yaml's val split) and match its
     categories to the ontology's by name (case and surrounding spaces ignored). Raises ValueError when it has no
     image or no class of the ontology; run before the model loads, so a wrong gold set fails at once."""
-    from glip_label.data.sources import parse_data_arg
-    from glip_label.formats.yolo_dataset import read_detection_gold, refuse_image_root
+    from glip_label.data.sources import parse_data_arg, read_detection_gold
 
     gold_path, root = parse_data_arg(gold)
-    data = read_detection_gold(gold_path)
-    if "yolo" in data:
-        refuse_image_root(gold_path, root)
+    data = read_detection_gold(gold_path, root)
     if not data["images"]:
         raise ValueError(f"{gold_path}: no images")
     by_name = {_key(c): i for i, c in enumerate(ontology.categories)}

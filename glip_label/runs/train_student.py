@@ -21,8 +21,8 @@ from glip_label.config import GLIPConfig, resolve_config
 from glip_label.data.dataset import GroundingDataset
 from glip_label.data.detection_prompt import DEFAULT_NUM_NEGATIVES
 from glip_label.data.samples import GroundingSource
-from glip_label.data.sources import detect_format, load_source, parse_data_arg
-from glip_label.formats.yolo_dataset import refuse_image_root
+from glip_label.data.sources import detect_format, load_source, parse_data_arg, read_detection_gold
+from glip_label.data.sources.detect import sniff
 from glip_label.io import atomic_write_json
 from glip_label.model.glip import GLIP
 from glip_label.train.config import TrainConfig
@@ -178,13 +178,12 @@ def check_val_files(val: Sequence[str]) -> None:
         path, root = parse_data_arg(spec)
         if not path.is_file():
             raise FileNotFoundError(f"validation file {path} does not exist")
-        fmt = detect_format(path)
+        fmt, data = sniff(path)
         if fmt not in ("coco", "yolo", "mdetr"):
             raise ValueError(f"{path}: --val takes COCO detection files, YOLO data.yaml files (their val split) or "
                              "MDETR-style grounding files")
-        if fmt == "yolo":
-            refuse_image_root(path, root)
-        check_images_readable(path, root)
+        gold = read_detection_gold(path, root) if fmt == "yolo" else data
+        check_images_readable(path, root, images=gold.get("images", []))
 
 
 def train_student(options: TrainStudentOptions) -> dict[str, Any]:

@@ -34,10 +34,9 @@ import torch
 
 from glip_label.data.image_refs import image_resolver
 from glip_label.data.images import ImageError
-from glip_label.data.sources.detect import detect_format
+from glip_label.data.sources import read_detection_gold
 from glip_label.formats.coco import BBOX_DECIMALS, evaluate_coco, xywh_to_xyxy, xyxy_to_xywh
 from glip_label.formats.mdetr import read_mdetr
-from glip_label.formats.yolo_dataset import read_detection_gold
 from glip_label.records import Detections
 from glip_label.train.assign import box_iou_plus_one
 
@@ -77,13 +76,13 @@ def _rescale_to_stated_size(detections: Detections, actual: tuple[int, int], sta
     return detections.boxes * scale
 
 
-def check_images_readable(path: str | Path, image_root: str | Path | None = None, probe: int = 20) -> None:
+def check_images_readable(path: str | Path, image_root: str | Path | None = None, probe: int = 20,
+                          images: Sequence[dict[str, Any]] | None = None) -> None:
     """Fail early (before hours of training) when none of the first `probe` images of a validation file
-    can be read where `evaluate_detection` / `evaluate_grounding` will look for them."""
+    can be read where `evaluate_detection` / `evaluate_grounding` will look for them. images: the file's
+    ``images`` entries when the caller has read it already (else it is read here)."""
     path = Path(path)
-    if detect_format(path) == "yolo":
-        images = read_detection_gold(path)["images"]
-    else:
+    if images is None:
         with open(path, encoding="utf-8") as fh:
             images = json.load(fh).get("images", [])
     names = list(dict.fromkeys(str(img.get("file_name")) for img in images))[:probe]
@@ -130,7 +129,7 @@ def evaluate_detection(
     `NothingEvaluatedError` when no image could be read.
     """
     gold_path = Path(gold_coco_path)
-    gold = read_detection_gold(gold_path)
+    gold = read_detection_gold(gold_path, image_root)
     categories = sorted(gold["categories"], key=lambda c: c["id"])
     if not categories:
         raise ValueError(f"{gold_path}: no categories, nothing to prompt with")

@@ -26,6 +26,7 @@ from glip_label.data.sources.common import Reader, SourceFile
 from glip_label.data.sources.detect import detect_format, sniff
 from glip_label.data.sources.mdetr import read_mdetr
 from glip_label.data.sources.odvg import read_odvg_detection, read_odvg_grounding
+from glip_label.formats.coco import normalize_coco
 from glip_label.formats.yolo_dataset import read_yolo_dataset, refuse_image_root
 from glip_label.io import read_json
 
@@ -106,6 +107,20 @@ def load_source(
     return GroundingSource(source_name, fmt, file_path, samples, categories, float(weight), file.stats)
 
 
+def read_detection_gold(path: str | Path, root: str | Path | None = None, split: str = "val") -> dict:
+    """A gold detection file as a COCO dict, its format told from its content (`sniff`, one parse): a COCO json
+    (an MDETR-style file reads as its boxes), or one split of a YOLO data.yaml, ``val`` by default as Ultralytics
+    validates on it (``FILE@ROOT`` is refused for a data.yaml, which names its own images). What evaluation and
+    calibration read."""
+    fmt, data = sniff(Path(path))
+    if fmt == "yolo":
+        refuse_image_root(path, root)
+        return read_yolo_dataset(path, split, data)
+    if fmt not in ("coco", "mdetr"):
+        raise ValueError(f"{path}: a gold detection file is a COCO json or a YOLO data.yaml, not {fmt}")
+    return normalize_coco(data)
+
+
 def load_samples(
     path: str | Path, root: str | Path | None = None, min_score: float = 0.5, min_box_size: float = 1.0
 ) -> list[GroundingSample]:
@@ -120,4 +135,5 @@ __all__ = [
     "load_samples",
     "load_source",
     "parse_data_arg",
+    "read_detection_gold",
 ]
